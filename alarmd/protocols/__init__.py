@@ -1,0 +1,1 @@
+"""Pure protocol codecs: bytes in, events and reply bytes out; no I/O, no clock reads."""

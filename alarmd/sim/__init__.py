@@ -1,0 +1,1 @@
+"""Device simulators that behave like real transmitters; used by tests, benchmarks, installers."""

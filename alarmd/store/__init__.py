@@ -1,0 +1,1 @@
+"""Durable storage: SQLite with one group-commit writer, numbered migrations, read helpers."""

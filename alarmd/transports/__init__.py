@@ -1,0 +1,1 @@
+"""Device I/O: sockets and ports. Transports frame bytes, call a codec, submit to intake, reply."""
