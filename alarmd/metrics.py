@@ -1,0 +1,104 @@
+"""Every Prometheus metric alarmd exports, defined in one place.
+
+Names follow Prometheus conventions: ``alarmd_`` prefix, units in the name. Label values
+are small fixed sets (protocol, transport, reply kind, a short reason): never an account,
+a phone number or anything else that grows with the number of devices.
+
+The registry is our own (not the global default) so tests and several daemons in one
+process never collide; the API serves it on ``/metrics`` from the event loop.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+BUILD = Info("alarmd_build", "alarmd version", registry=REGISTRY)
+
+# --- store -------------------------------------------------------------------------------
+STORE_COMMIT_SECONDS = Histogram(
+    "alarmd_store_commit_seconds",
+    "Time to run and commit one group of writes (fsync included).",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_BATCH_JOBS = Histogram(
+    "alarmd_store_batch_jobs",
+    "Jobs committed together in one transaction (group commit).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+    registry=REGISTRY,
+)
+STORE_COMMIT_FAILURES = Counter(
+    "alarmd_store_commit_failures_total",
+    "Transactions that failed to commit; nothing in them was acknowledged.",
+    registry=REGISTRY,
+)
+
+# --- intake ------------------------------------------------------------------------------
+EVENTS_STORED = Counter(
+    "alarmd_events_stored_total",
+    "Events committed to the store, by protocol and category.",
+    ["protocol", "category"],
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "alarmd_events_duplicate_total",
+    "Retransmitted events recognised, acknowledged and not stored again.",
+    ["protocol"],
+    registry=REGISTRY,
+)
+EVENTS_UNREGISTERED = Counter(
+    "alarmd_events_unregistered_total",
+    "Events from a source no account or device is registered for (shown to operators).",
+    ["protocol"],
+    registry=REGISTRY,
+)
+
+# --- DC-09 -------------------------------------------------------------------------------
+DC09_FRAMES = Counter(
+    "alarmd_dc09_frames_total",
+    "DC-09 frames received, by transport and the reply they got.",
+    ["transport", "reply"],
+    registry=REGISTRY,
+)
+DC09_REJECTED = Counter(
+    "alarmd_dc09_rejected_total",
+    "DC-09 input not accepted, by reason (crc, format, unknown_account_encrypted, ...).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DC09_CONNECTIONS = Gauge(
+    "alarmd_dc09_connections",
+    "Open DC-09 TCP connections.",
+    registry=REGISTRY,
+)
+DC09_CONNECTIONS_REFUSED = Counter(
+    "alarmd_dc09_connections_refused_total",
+    "DC-09 TCP connections closed at once because the connection limit was reached.",
+    registry=REGISTRY,
+)
+ACK_LATENCY_SECONDS = Histogram(
+    "alarmd_ack_latency_seconds",
+    "From a complete frame received to its acknowledgement written, commit included.",
+    ["protocol"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UNACKED_STORE_FAILURE = Counter(
+    "alarmd_unacknowledged_store_failure_total",
+    "Frames left unacknowledged because the store could not commit (the device retries).",
+    ["protocol"],
+    registry=REGISTRY,
+)
+
+# --- daemon ------------------------------------------------------------------------------
+CONFIG_HASH = Info(
+    "alarmd_config",
+    "Hash of the configuration files in force.",
+    registry=REGISTRY,
+)
