@@ -97,6 +97,11 @@ UNACKED_STORE_FAILURE = Counter(
 )
 
 # --- daemon ------------------------------------------------------------------------------
+CONFIG_RELOAD_OK = Gauge(
+    "alarmd_config_last_reload_successful",
+    "1 if the last configuration (re)load succeeded; 0 if it failed and the old one is kept.",
+    registry=REGISTRY,
+)
 CONFIG_HASH = Info(
     "alarmd_config",
     "Hash of the configuration files in force.",

@@ -166,5 +166,6 @@ class Event:
 class Receipt:
     """What intake returns once events are durable: the transport may now acknowledge."""
 
-    event_ids: tuple[int, ...]  # one per submitted event, the stored row (the first copy's for duplicates)
+    # one per submitted event: the stored row (for a retransmission, the first copy's row)
+    event_ids: tuple[int, ...]
     duplicates: int  # how many of the submitted events were retransmissions

@@ -25,9 +25,7 @@ _INSERT = (
     " priority, code, zone, partition, occurred_at, text, flags, attributes, dedup_key, raw)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_FIND_COPY = (
-    "SELECT id FROM events WHERE dedup_key = ? AND received_at >= ? ORDER BY id LIMIT 1"
-)
+_FIND_COPY = "SELECT id FROM events WHERE dedup_key = ? AND received_at >= ? ORDER BY id LIMIT 1"
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 

@@ -53,7 +53,13 @@ def create_job(
         cursor = conn.execute(
             "INSERT INTO api_tokens (name, role, tenants, token_hash, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (name, role, "*" if tenants is None else ",".join(tenants), token_hash(token), iso(now)),
+            (
+                name,
+                role,
+                "*" if tenants is None else ",".join(tenants),
+                token_hash(token),
+                iso(now),
+            ),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -68,7 +74,8 @@ def count_job(conn: sqlite3.Connection) -> int:
 async def lookup(reader: aiosqlite.Connection, token: str) -> TokenInfo | None:
     """The token's owner, or None if it is unknown or revoked."""
     async with reader.execute(
-        "SELECT id, name, role, tenants FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        "SELECT id, name, role, tenants FROM api_tokens"
+        " WHERE token_hash = ? AND revoked_at IS NULL",
         (token_hash(token),),
     ) as cursor:
         row = await cursor.fetchone()

@@ -17,7 +17,9 @@ from alarmd.store.events import count_events, list_events
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def make_event(n: int, *, key: str | None = None, at: datetime = T0, flags: frozenset[Flag] = frozenset()) -> Event:
+def make_event(
+    n: int, *, key: str | None = None, at: datetime = T0, flags: frozenset[Flag] = frozenset()
+) -> Event:
     return Event(
         protocol="dc09",
         source="1234",
@@ -61,7 +63,10 @@ async def test_pragmas_and_migrations(tmp_path: Path) -> None:
 
 async def test_writer_connection_is_wal_full(store: Store) -> None:
     mode, sync = await store.writer.submit(
-        lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0], c.execute("PRAGMA synchronous").fetchone()[0])
+        lambda c: (
+            c.execute("PRAGMA journal_mode").fetchone()[0],
+            c.execute("PRAGMA synchronous").fetchone()[0],
+        )
     )
     assert (mode, sync) == ("wal", 2)
 
@@ -72,7 +77,9 @@ async def test_submit_returns_after_commit_and_keeps_raw(store: Store) -> None:
     assert receipt.duplicates == 0
     # visible to an independent connection: it is committed, not just queued
     conn = sqlite3.connect(store.path)
-    row = conn.execute("SELECT raw, tenant, attributes FROM events WHERE id = ?", receipt.event_ids).fetchone()
+    row = conn.execute(
+        "SELECT raw, tenant, attributes FROM events WHERE id = ?", receipt.event_ids
+    ).fetchone()
     assert row == (b"\nframe 1\r", "eksempel-kommune", '{"L": "stue"}')
 
 
@@ -159,7 +166,9 @@ async def test_a_failing_job_fails_alone(store: Store) -> None:
         conn.execute("INSERT INTO events (id) VALUES (1)")  # violates NOT NULL
 
     results = await asyncio.gather(
-        intake.submit([make_event(1)]), store.writer.submit(bad), intake.submit([make_event(2)]),
+        intake.submit([make_event(1)]),
+        store.writer.submit(bad),
+        intake.submit([make_event(2)]),
         return_exceptions=True,
     )
     assert isinstance(results[1], sqlite3.IntegrityError)
@@ -184,12 +193,20 @@ async def test_list_events_filters_by_tenant_and_source(store: Store) -> None:
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
     await intake.submit([make_event(1)])
     other = Event(
-        protocol="dc09", source="9999", kind=EventKind.FALL, condition=Condition.ALARM,
-        priority=EventKind.FALL.default_priority, received_at=T0, dedup_key="x", raw=b"r",
+        protocol="dc09",
+        source="9999",
+        kind=EventKind.FALL,
+        condition=Condition.ALARM,
+        priority=EventKind.FALL.default_priority,
+        received_at=T0,
+        dedup_key="x",
+        raw=b"r",
         flags=frozenset({Flag.UNREGISTERED}),
     )
     await intake.submit([other])
-    assert [e.source for e in await list_events(store.reader, tenants=["eksempel-kommune"])] == ["1234"]
+    assert [e.source for e in await list_events(store.reader, tenants=["eksempel-kommune"])] == [
+        "1234"
+    ]
     assert [e.source for e in await list_events(store.reader, source="9999")] == ["9999"]
     everything = await list_events(store.reader)
     assert [e.flags for e in everything] == [("unregistered",), ()]
