@@ -1,0 +1,165 @@
+"""The HTTP+JSON control API (aiohttp), with /health and /metrics on the same port.
+
+Every /api/ request carries a bearer token; only its SHA-256 hash is stored, and the token
+itself never reaches a log line. Errors are JSON objects ``{"error": code, "message": text}``
+so that a script and a person both understand them.
+
+/metrics is rendered on the event loop from alarmd's own registry (no extra thread server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from alarmd import metrics
+from alarmd.store import tokens
+from alarmd.store.db import Store
+from alarmd.store.events import list_events
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HealthCheck = Callable[[], dict[str, Any]]
+
+TOKEN_KEY: web.RequestKey[tokens.TokenInfo] = web.RequestKey("token", tokens.TokenInfo)
+
+
+@dataclass
+class ApiContext:
+    store: Store
+    health: HealthCheck
+
+
+CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate /api/ requests and turn every failure into a JSON error."""
+    try:
+        if request.path.startswith("/api/"):
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "unauthenticated", "send 'Authorization: Bearer <token>'")
+            info = await tokens.lookup(request.app[CONTEXT].store.reader, token.strip())
+            if info is None:
+                raise ApiError(401, "unauthenticated", "unknown or revoked token")
+            request[TOKEN_KEY] = info
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("api_internal_error", path=request.path)
+        return _error(500, "internal", "internal error; see the daemon's log")
+
+
+async def health(request: web.Request) -> web.Response:
+    report = request.app[CONTEXT].health()
+    status = 200 if report.get("status") == "ok" else 503
+    return web.json_response(report, status=status)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _parse_time(value: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name}: not an ISO 8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ApiError(400, "bad_request", f"{name}: give a UTC offset, e.g. {value}Z")
+    return parsed
+
+
+def _parse_int(value: str, name: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name}: not a whole number: {value!r}") from None
+    if not low <= number <= high:
+        raise ApiError(400, "bad_request", f"{name}: must be between {low} and {high}")
+    return number
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """Stored events, newest first, scoped to the caller's tenants."""
+    info = request[TOKEN_KEY]
+    query = request.rel_url.query
+    allowed = {"account", "source", "protocol", "since", "after_id", "limit"}
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown parameter(s): {', '.join(unknown)}")
+    source = query.get("source") or query.get("account")
+    events = await list_events(
+        request.app[CONTEXT].store.reader,
+        source=source.upper() if source and query.get("protocol", "dc09") == "dc09" else source,
+        protocol=query.get("protocol"),
+        since=_parse_time(query["since"], "since") if "since" in query else None,
+        after_id=_parse_int(query["after_id"], "after_id", 0, 2**62)
+        if "after_id" in query
+        else None,
+        limit=_parse_int(query.get("limit", "100"), "limit", 1, 10000),
+        tenants=info.tenants,
+    )
+    return web.json_response({"events": [event.to_json() for event in events]})
+
+
+def create_app(context: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=1024 * 1024)
+    app[CONTEXT] = context
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/api/v1/events", get_events)
+    return app
+
+
+class ApiServer:
+    """Runs the aiohttp application on one host:port inside alarmd's event loop."""
+
+    def __init__(self, context: ApiContext, host: str, port: int) -> None:
+        self._runner = web.AppRunner(create_app(context), access_log=None, handle_signals=False)
+        self._host = host
+        self._port = port
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp keeps the asyncio server here; we need the bound port
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("api_listening", host=self._host, port=self.port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,290 @@
+"""The composition root: builds alarmd from its configuration and runs it until told to stop.
+
+Order matters. Start: store (migrated) → intake → API (so /health answers) → receivers →
+``READY=1`` to systemd. Stop (SIGTERM/SIGINT): receivers stop accepting and finish the
+commits and replies in flight → API → store (the writer commits what is queued) → exit 0.
+Nothing acknowledged is lost on the way down, and nothing is acknowledged that is not
+committed.
+
+On first start with an empty data directory an admin API token is created and written to
+``<data-dir>/admin-token`` (mode 0600); only its hash is stored. The bound ports are written
+to ``<data-dir>/run.json`` so that ``alarmctl`` (and tests using ephemeral ports) can find
+the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from alarmd import __version__, metrics
+from alarmd.api.server import ApiContext, ApiServer
+from alarmd.clock import Clock, SystemClock
+from alarmd.config import AlarmdConfig, ConfigError, load_config
+from alarmd.intake import Intake
+from alarmd.protocols.dc09 import Dc09Account
+from alarmd.store import tokens
+from alarmd.store.db import Store
+from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
+
+log = structlog.get_logger(__name__)
+
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
+RUN_FILE = "run.json"
+
+
+class Daemon:
+    """One running alarmd."""
+
+    def __init__(
+        self,
+        config: AlarmdConfig,
+        data_dir: Path,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.data_dir = data_dir
+        self.clock = clock or SystemClock()
+        self.store: Store | None = None
+        self.intake: Intake | None = None
+        self.dc09: Dc09Receiver | None = None
+        self.api: ApiServer | None = None
+        self._stopping = asyncio.Event()
+        self._dc09_accounts: dict[str, Dc09Account] = {}
+        self._tenants: dict[str, str] = {}
+
+    # --- configuration-derived lookups ----------------------------------------------------
+
+    def _apply_accounts(self, config: AlarmdConfig) -> None:
+        self._dc09_accounts = {acct: a.to_dc09() for acct, a in config.accounts.items()}
+        self._tenants = {acct: a.tenant for acct, a in config.accounts.items()}
+
+    def _tenant_of(self, protocol: str, source: str) -> str | None:
+        if protocol == "dc09":
+            return self._tenants.get(source)
+        return None
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        metrics.BUILD.info({"version": __version__})
+        metrics.CONFIG_HASH.info({"sha256": config.config_hash})
+        metrics.CONFIG_RELOAD_OK.set(1)
+        self._apply_accounts(config)
+
+        store_path = Path(config.store.path)
+        if not store_path.is_absolute():
+            store_path = self.data_dir / store_path
+        self.store = await Store.open(store_path)
+        await self._ensure_admin_token()
+
+        self.intake = Intake(
+            self.store,
+            dedup_window=timedelta(seconds=config.store.dedup_window_s),
+            tenant_of=self._tenant_of,
+        )
+        self.api = ApiServer(
+            ApiContext(store=self.store, health=self.health), config.api.host, config.api.port
+        )
+        await self.api.start()
+
+        if config.dc09.enabled:
+            _raise_fd_limit(config.dc09.max_connections + 1024)
+            self.dc09 = Dc09Receiver(
+                intake=self.intake,
+                clock=self.clock,
+                accounts=lambda account: self._dc09_accounts.get(account),
+                policy=config.dc09.timestamp.to_policy(),
+                settings=Dc09Settings(
+                    host=config.dc09.host,
+                    port=config.dc09.port,
+                    idle_timeout=config.dc09.idle_timeout_s,
+                    max_connections=config.dc09.max_connections,
+                    max_frame_bytes=config.dc09.max_frame_bytes,
+                ),
+            )
+            await self.dc09.start()
+        self._write_run_file()
+        log.info(
+            "alarmd_started",
+            version=__version__,
+            data_dir=str(self.data_dir),
+            store=str(store_path),
+            accounts=len(self._dc09_accounts),
+            api_port=self.api.port,
+            dc09_port=self.dc09.port if self.dc09 else None,
+        )
+
+    async def stop(self) -> None:
+        log.info("alarmd_stopping")
+        if self.dc09 is not None:
+            await self.dc09.stop()
+        if self.api is not None:
+            await self.api.stop()
+        if self.store is not None:
+            await self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / RUN_FILE).unlink()
+        log.info("alarmd_stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start, tell systemd we are ready, serve until SIGTERM/SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        sd_notify("READY=1")
+        watchdog = loop.create_task(self._watchdog()) if _watchdog_interval() else None
+        try:
+            await self._stopping.wait()
+        finally:
+            sd_notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def reload(self) -> bool:
+        """SIGHUP: read the configuration again; a configuration that fails keeps the old one.
+
+        Accounts (keys, tenants, zone overrides) take effect for the next frame. Listen
+        addresses and the store path need a restart; a change to them is logged, not applied.
+        """
+        if self.config_path is None:
+            log.warning("config_reload_skipped", reason="running the embedded default")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOAD_OK.set(0)
+            log.error(
+                "config_reload_failed_keeping_old",
+                problems=[str(p) for p in exc.problems],
+            )
+            return False
+        sd_notify("RELOADING=1")
+        for section in ("api", "dc09", "store"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("config_change_needs_restart", section=section)
+        self._apply_accounts(new)
+        if self.intake is not None:
+            self.intake.set_tenant_lookup(self._tenant_of)
+        self.config = new
+        metrics.CONFIG_RELOAD_OK.set(1)
+        metrics.CONFIG_HASH.info({"sha256": new.config_hash})
+        log.info("config_reloaded", accounts=len(self._dc09_accounts), sha256=new.config_hash)
+        sd_notify("READY=1")
+        return True
+
+    # --- health ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports; the watchdog pings systemd only while this says ok."""
+        checks: dict[str, Any] = {}
+        ok = True
+        if self.store is not None:
+            writer_ok = not self.store.writer.failed
+            checks["store"] = {"ok": writer_ok, "queued_jobs": self.store.writer.queued}
+            ok = ok and writer_ok
+        if self.dc09 is not None:
+            checks["dc09"] = {
+                "ok": True,
+                "port": self.dc09.port,
+                "connections": self.dc09.connection_count,
+            }
+        return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
+
+    async def _watchdog(self) -> None:
+        interval = _watchdog_interval()
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self.health()["status"] == "ok":
+                sd_notify("WATCHDOG=1")
+
+    # --- files in the data directory -------------------------------------------------------
+
+    async def _ensure_admin_token(self) -> None:
+        assert self.store is not None
+        if await self.store.writer.submit(tokens.count_job) > 0:
+            return
+        token = tokens.new_token()
+        await self.store.writer.submit(
+            tokens.create_job("admin", "admin", None, token, self.clock.now())
+        )
+        path = self.data_dir / ADMIN_TOKEN_FILE
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        log.info("admin_token_created", path=str(path.resolve()), hint="keep it secret; mode 0600")
+
+    def _write_run_file(self) -> None:
+        assert self.api is not None
+        info = {
+            "pid": os.getpid(),
+            "api": f"http://{_url_host(self.config.api.host)}:{self.api.port}",
+            "api_port": self.api.port,
+            "dc09_port": self.dc09.port if self.dc09 else None,
+        }
+        tmp = self.data_dir / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.data_dir / RUN_FILE)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """A receiver holds one descriptor per alarm unit: lift the soft limit towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("fd_limit_low", limit=target, wanted=wanted, hint="raise LimitNOFILE")
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - mapping a wildcard bind to a reachable address
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    return int(usec) / 1_000_000
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("sd_notify_failed", error=str(exc))

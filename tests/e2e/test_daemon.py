@@ -1,0 +1,159 @@
+"""The daemon as a newcomer meets it: start, token, health, metrics, an alarm in, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from conftest import BIN, ROOT, DaemonProcess
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_first_start_creates_an_admin_token_readable_only_by_us(daemon: DaemonProcess) -> None:
+    token_file = daemon.data_dir / "admin-token"
+    mode = stat.S_IMODE(os.stat(token_file).st_mode)
+    assert mode == 0o600
+    token = token_file.read_text().strip()
+    assert token.startswith("alarmd_")
+    assert "admin-token" in daemon.log()  # it says where
+    assert token not in daemon.log()  # and never prints the token itself
+
+
+def test_health_and_metrics(daemon: DaemonProcess) -> None:
+    status, body = http_get(daemon.api + "/health")
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
+    status, body = http_get(daemon.api + "/metrics")
+    assert status == 200
+    assert b"alarmd_dc09_connections" in body
+    assert b"alarmd_store_commit_seconds" in body
+
+
+def test_api_refuses_missing_and_wrong_tokens(daemon: DaemonProcess) -> None:
+    status, body = http_get(daemon.api + "/api/v1/events")
+    assert status == 401 and json.loads(body)["error"] == "unauthenticated"
+    status, body = http_get(daemon.api + "/api/v1/events", token="alarmd_wrong")
+    assert status == 401
+    token = (daemon.data_dir / "admin-token").read_text().strip()
+    status, body = http_get(daemon.api + "/api/v1/events?limit=zero", token=token)
+    assert status == 400 and "limit" in json.loads(body)["message"]
+
+
+def test_simulated_alarm_is_stored_and_listed_then_sigterm_exits_zero(
+    daemon: DaemonProcess,
+) -> None:
+    sim = daemon.alarmctl(
+        "simulate",
+        "dc09",
+        "--port",
+        str(daemon.dc09_port),
+        "--account",
+        "1234",
+        "--event",
+        "100",
+        "--zone",
+        "3",
+        "--count",
+        "3",
+    )
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    listed = daemon.alarmctl("events", "--account", "1234", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(rows) == 3
+    assert {row["kind"] for row in rows} == {"fall"}  # zone 3 of 1234 is a fall detector
+    assert all(row["tenant"] == "eksempel-kommune" for row in rows)
+    table = daemon.alarmctl("events")
+    assert table.returncode == 0 and "fall" in table.stdout
+    assert daemon.terminate() == 0
+    assert '"alarmd_stopped"' in daemon.log() or "alarmd_stopped" in daemon.log()
+
+
+def test_encrypted_simulated_alarm(daemon: DaemonProcess) -> None:
+    sim = daemon.alarmctl(
+        "simulate",
+        "dc09",
+        "--port",
+        str(daemon.dc09_port),
+        "--account",
+        "5678",
+        "--key",
+        "0123456789ABCDEF",
+        "--key-format",
+        "ascii",
+        "--event",
+        "101",
+        "--zone",
+        "2",
+        "--udp",
+    )
+    assert sim.returncode == 0, sim.stdout + sim.stderr
+    rows = [
+        json.loads(x)
+        for x in daemon.alarmctl("events", "--account", "5678", "--json").stdout.splitlines()
+    ]
+    assert [row["kind"] for row in rows] == ["assistance"]
+
+
+def test_check_config_names_file_line_col(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("api:\n  listen: 127.0.0.1:8780\n  colour: blue\n")
+    result = subprocess.run(
+        [str(BIN / "alarmd"), "check-config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert f"{bad}:3:3:" in result.stderr
+    ok = subprocess.run(
+        [str(BIN / "alarmd"), "check-config", str(ROOT / "config" / "alarmd.example.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_run_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dc09:\n  listen: 127.0.0.1:99999\n")
+    result = subprocess.run(
+        [str(BIN / "alarmd"), "run", "--config", str(bad), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{bad}:2:" in result.stderr
+
+
+def test_tells_systemd_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        d = DaemonProcess(tmp_path)
+        d.start(env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
+        try:
+            assert notify.recv(256) == b"READY=1"
+            assert notify.recv(256) == b"WATCHDOG=1"  # pinged because /health is ok
+            assert d.terminate() == 0
+            messages = set()
+            while b"STOPPING=1" not in messages:
+                messages.add(notify.recv(256))
+        finally:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
