@@ -156,9 +156,7 @@ class ApiServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         await site.start()
-        server = site._server  # aiohttp keeps the asyncio server here; we need the bound port
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])  # the bound port, when 0 was asked
         log.info("api_listening", host=self._host, port=self.port)
 
     async def stop(self) -> None:
