@@ -13,15 +13,18 @@ non-duplicate events after the commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 
 import structlog
+from prometheus_client import Counter
 
 from alarmd import metrics
 from alarmd.model import Event, Flag, Receipt
 from alarmd.store.db import Store
-from alarmd.store.events import append_job
+from alarmd.store.events import Appended, append_job
 
 log = structlog.get_logger(__name__)
 
@@ -53,21 +56,47 @@ class Intake:
 
     async def submit(self, events: Sequence[Event]) -> Receipt:
         """Commit ``events``; return once they are durable. Raises ``StoreError`` if not."""
+        return await self.submit_future(events)
+
+    def submit_future(self, events: Sequence[Event]) -> asyncio.Future[Receipt]:
+        """``submit`` as a future, for transports that answer from a done-callback.
+
+        The future resolves after the commit and after the listeners have been told; it
+        carries ``StoreError`` if the commit failed.
+        """
+        loop = asyncio.get_running_loop()
+        receipt: asyncio.Future[Receipt] = loop.create_future()
         if not events:
-            return Receipt(event_ids=(), duplicates=0)
+            receipt.set_result(Receipt(event_ids=(), duplicates=0))
+            return receipt
         tenants = [self._tenant_of(event.protocol, event.source) for event in events]
-        appended = await self._store.writer.submit(append_job(events, tenants, self._window))
-        duplicates = sum(appended.duplicate)
-        receipt = Receipt(event_ids=appended.ids, duplicates=duplicates)
+        committed = self._store.writer.enqueue(append_job(events, tenants, self._window))
+        committed.add_done_callback(partial(self._after_commit, events, receipt))
+        return receipt
+
+    def _after_commit(
+        self,
+        events: Sequence[Event],
+        receipt: asyncio.Future[Receipt],
+        committed: asyncio.Future[Appended],
+    ) -> None:
+        if receipt.done():  # the submitter gave up waiting; the events are stored anyway
+            return
+        error = committed.exception()
+        if error is not None:
+            receipt.set_exception(error)
+            return
+        appended = committed.result()
+        result = Receipt(event_ids=appended.ids, duplicates=sum(appended.duplicate))
         fresh: list[Event] = []
         for event, is_copy, event_id in zip(events, appended.duplicate, appended.ids, strict=True):
             if is_copy:
-                metrics.EVENTS_DUPLICATE.labels(event.protocol).inc()
+                _counter(metrics.EVENTS_DUPLICATE, event.protocol).inc()
                 continue
             fresh.append(event)
-            metrics.EVENTS_STORED.labels(event.protocol, event.category.value).inc()
+            _counter(metrics.EVENTS_STORED, event.protocol, event.category.value).inc()
             if Flag.UNREGISTERED in event.flags:
-                metrics.EVENTS_UNREGISTERED.labels(event.protocol).inc()
+                _counter(metrics.EVENTS_UNREGISTERED, event.protocol).inc()
                 log.warning(
                     "event_from_unregistered_source",
                     protocol=event.protocol,
@@ -77,5 +106,20 @@ class Intake:
                 )
         if fresh:
             for listener in self._listeners:
-                listener(fresh, receipt)
-        return receipt
+                try:
+                    listener(fresh, result)
+                except Exception:  # a listener's bug must not cost the device its ACK
+                    log.exception("intake_listener_failed", listener=repr(listener))
+        receipt.set_result(result)
+
+
+_children: dict[tuple[object, ...], Counter] = {}
+
+
+def _counter(family: Counter, *labels: str) -> Counter:
+    """A labelled child, cached: ``labels()`` costs microseconds on every event otherwise."""
+    key = (id(family), *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = family.labels(*labels)
+    return child

@@ -60,8 +60,10 @@ def append_job(
                 event.partition,
                 iso(event.occurred_at) if event.occurred_at else None,
                 event.text,
-                ",".join(sorted(flag.value for flag in event.flags)),
-                json.dumps(dict(event.attributes), ensure_ascii=False, sort_keys=True),
+                ",".join(sorted(flag.value for flag in event.flags)) if event.flags else "",
+                json.dumps(dict(event.attributes), ensure_ascii=False, sort_keys=True)
+                if event.attributes
+                else "{}",
                 event.dedup_key,
                 event.raw,
             )

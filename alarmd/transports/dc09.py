@@ -31,13 +31,16 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 import structlog
+from prometheus_client import Counter
 
 from alarmd import metrics
 from alarmd.clock import Clock
 from alarmd.intake import Intake
+from alarmd.model import Receipt
 from alarmd.protocols.dc09 import (
     AccountLookup,
     Dc09Error,
@@ -52,6 +55,19 @@ from alarmd.store.db import StoreError
 log = structlog.get_logger(__name__)
 
 MAX_QUEUED_FRAMES = 64  # per connection, before we stop reading from it
+
+# labelled metric children, looked up once: labels() on every frame costs microseconds
+_ACK_LATENCY = metrics.ACK_LATENCY_SECONDS.labels("dc09")
+_UNACKED = metrics.UNACKED_STORE_FAILURE.labels("dc09")
+_FRAMES = {
+    (transport, kind): metrics.DC09_FRAMES.labels(transport, kind.value)
+    for transport in ("tcp", "udp")
+    for kind in ReplyKind
+}
+
+
+def _frames_counter(transport: str, kind: ReplyKind) -> Counter:
+    return _FRAMES[(transport, kind)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +101,7 @@ class Dc09Receiver:
         self._tcp_server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._connections: set[_TcpConnection] = set()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Future[Receipt]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._draining = False
         self.port = settings.port
@@ -156,7 +172,7 @@ class Dc09Receiver:
             policy=self.policy,
             randbytes=self.randbytes,
         )
-        metrics.DC09_FRAMES.labels(transport_name, result.reply_kind.value).inc()
+        _frames_counter(transport_name, result.reply_kind).inc()
         if result.reply_kind is not ReplyKind.ACK:
             metrics.DC09_REJECTED.labels(result.reason or "unknown").inc()
             log.warning(
@@ -179,24 +195,32 @@ class Dc09Receiver:
             detail=error.detail[:200],
         )
 
-    def track(self, task: asyncio.Task[None]) -> None:
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+    def commit(self, result: Dc09Result) -> asyncio.Future[Receipt]:
+        """Submit ``result.events``; the future resolves once they are durable.
 
-    async def commit(self, result: Dc09Result) -> bool:
-        """Submit ``result.events``; True once durable, False if the store failed."""
-        try:
-            await self.intake.submit(result.events)
-        except StoreError as exc:
-            metrics.UNACKED_STORE_FAILURE.labels("dc09").inc()
-            log.error(
-                "dc09_not_acknowledged_store_failed",
-                account=result.account,
-                events=len(result.events),
-                error=str(exc),
-            )
-            return False
-        return True
+        A future and a done-callback rather than a task per frame: at thousands of frames a
+        second the task machinery is a large share of the CPU.
+        """
+        future = self.intake.submit_future(result.events)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return future
+
+    def committed(self, result: Dc09Result, future: asyncio.Future[Receipt]) -> bool:
+        """True if the commit succeeded; logs and counts the frame left unacknowledged if not."""
+        error = future.exception()
+        if error is None:
+            return True
+        _UNACKED.inc()
+        log.error(
+            "dc09_not_acknowledged_store_failed",
+            account=result.account,
+            events=len(result.events),
+            error=str(error),
+        )
+        if not isinstance(error, StoreError):
+            log.error("dc09_unexpected_commit_error", error=repr(error))
+        return False
 
     async def _sweep_idle(self) -> None:
         """Close idle TCP connections periodically; one pass for all, no timer per connection."""
@@ -283,10 +307,9 @@ class _TcpConnection(asyncio.Protocol):
             result = receiver.handle(frame, "tcp")
             if result.reply_kind is ReplyKind.ACK and result.events:
                 self.busy = True
-                task = asyncio.get_running_loop().create_task(
-                    self._commit_then_ack(result, started)
+                receiver.commit(result).add_done_callback(
+                    partial(self._commit_done, result, started)
                 )
-                receiver.track(task)
                 return
             if result.reply:
                 self._transport.write(result.reply)
@@ -294,17 +317,15 @@ class _TcpConnection(asyncio.Protocol):
             self._paused = False
             self._transport.resume_reading()
 
-    async def _commit_then_ack(self, result: Dc09Result, started: float) -> None:
-        try:
-            if await self._receiver.commit(result) and self._transport is not None:
-                self._transport.write(result.reply)
-                metrics.ACK_LATENCY_SECONDS.labels("dc09").observe(
-                    asyncio.get_running_loop().time() - started
-                )
-        finally:
-            self.busy = False
-            if self._transport is not None:
-                self._process()
+    def _commit_done(
+        self, result: Dc09Result, started: float, future: asyncio.Future[Receipt]
+    ) -> None:
+        self.busy = False
+        if self._receiver.committed(result, future) and self._transport is not None:
+            self._transport.write(result.reply)
+            _ACK_LATENCY.observe(asyncio.get_running_loop().time() - started)
+        if self._transport is not None:
+            self._process()
 
     def pause(self) -> None:
         if self._transport is not None and not self._paused:
@@ -336,23 +357,24 @@ class _UdpProtocol(asyncio.DatagramProtocol):
                 continue
             result = receiver.handle(item, "udp")
             if result.reply_kind is ReplyKind.ACK and result.events:
-                task = asyncio.get_running_loop().create_task(
-                    self._commit_then_ack(result, addr, started)
+                receiver.commit(result).add_done_callback(
+                    partial(self._commit_done, result, addr, started)
                 )
-                receiver.track(task)
             elif result.reply and self._transport is not None:
                 self._transport.sendto(result.reply, addr)
         if framer.pending:
             receiver.framing_error(Dc09Error("incomplete_datagram", data.hex()), "udp", addr)
 
-    async def _commit_then_ack(
-        self, result: Dc09Result, addr: tuple[str | object, int], started: float
+    def _commit_done(
+        self,
+        result: Dc09Result,
+        addr: tuple[str | object, int],
+        started: float,
+        future: asyncio.Future[Receipt],
     ) -> None:
-        if await self._receiver.commit(result) and self._transport is not None:
+        if self._receiver.committed(result, future) and self._transport is not None:
             self._transport.sendto(result.reply, addr)
-            metrics.ACK_LATENCY_SECONDS.labels("dc09").observe(
-                asyncio.get_running_loop().time() - started
-            )
+            _ACK_LATENCY.observe(asyncio.get_running_loop().time() - started)
 
     def error_received(self, exc: Exception) -> None:
         log.warning("dc09_udp_error", error=str(exc))
