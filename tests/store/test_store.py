@@ -112,13 +112,13 @@ async def test_concurrent_copies_in_one_batch_give_one_row(store: Store) -> None
 async def test_group_commit_batches_concurrent_submits(store: Store) -> None:
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
     batches: list[int] = []
-    original = store.writer._commit
+    original = store.writer._execute
 
     def spy(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
         return original(batch)
 
-    store.writer._commit = spy  # type: ignore[method-assign]
+    store.writer._execute = spy  # type: ignore[method-assign]
     await asyncio.gather(*(intake.submit([make_event(n)]) for n in range(500)))
     assert sum(batches) == 500
     assert len(batches) < 500 / 5, batches  # many events per commit under load
@@ -130,13 +130,13 @@ async def test_lone_event_is_committed_without_waiting_for_company(store: Store)
     """No fixed timer: a single submit completes as soon as its own commit does."""
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
     batches: list[int] = []
-    original = store.writer._commit
+    original = store.writer._execute
 
     def spy(batch):  # type: ignore[no-untyped-def]
         batches.append(len(batch))
         return original(batch)
 
-    store.writer._commit = spy  # type: ignore[method-assign]
+    store.writer._execute = spy  # type: ignore[method-assign]
     await intake.submit([make_event(1)])
     assert batches == [1]
 
