@@ -36,7 +36,9 @@ def free_port() -> int:
 class DaemonProcess:
     """One ``alarmd run`` child; restartable on the same data dir and ports."""
 
-    def __init__(self, workdir: Path, dc09_port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, dc09_port: int | None = None, accounts: Path = EXAMPLE_ACCOUNTS
+    ) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.dc09_port = dc09_port or free_port()
@@ -45,7 +47,7 @@ class DaemonProcess:
             "log:\n  level: info\n"
             "api:\n  listen: 127.0.0.1:0\n"
             f"dc09:\n  listen: 127.0.0.1:{self.dc09_port}\n"
-            f"accounts_file: {EXAMPLE_ACCOUNTS}\n"
+            f"accounts_file: {accounts}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "alarmd.log"

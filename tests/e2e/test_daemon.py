@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -157,3 +159,64 @@ def test_tells_systemd_ready_watchdog_and_stopping(tmp_path: Path) -> None:
         finally:
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.kill()
+
+
+def test_sighup_reloads_accounts_and_keeps_the_old_config_when_the_new_one_fails(
+    tmp_path: Path,
+) -> None:
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text('accounts:\n  - account: "1234"\n    tenant: eksempel-kommune\n')
+    d = DaemonProcess(tmp_path, accounts=accounts)
+    d.start()
+    try:
+
+        def send(account: str, zone: int) -> None:
+            # each run starts at seq 1: a new zone makes it a new message, not a re-send
+            sim = d.alarmctl(
+                "simulate",
+                "dc09",
+                "--port",
+                str(d.dc09_port),
+                "--account",
+                account,
+                "--zone",
+                str(zone),
+            )
+            assert sim.returncode == 0, sim.stdout + sim.stderr
+
+        def last(account: str) -> dict[str, object]:
+            out = d.alarmctl("events", "--account", account, "--json", "--limit", "1").stdout
+            return json.loads(out.splitlines()[0])
+
+        def reload_and_wait(marker: str) -> None:
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)
+            for _ in range(500):
+                if d.log().count(marker) >= 1:
+                    return
+                time.sleep(0.02)
+            raise AssertionError(f"no {marker} in the log:\n{d.log()}")
+
+        send("ABC1", 1)
+        assert last("ABC1")["flags"] == ["unregistered"]
+
+        accounts.write_text(
+            'accounts:\n  - account: "1234"\n    tenant: eksempel-kommune\n'
+            '  - account: "ABC1"\n    tenant: annen-kommune\n'
+        )
+        reload_and_wait("config_reloaded")
+        send("ABC1", 2)
+        newest = last("ABC1")
+        assert newest["flags"] == [] and newest["tenant"] == "annen-kommune"
+
+        accounts.write_text('accounts:\n  - account: "ABC1"\n    tenant: Not A Slug\n')
+        reload_and_wait("config_reload_failed_keeping_old")
+        status, body = http_get(d.api + "/metrics")
+        assert status == 200
+        assert b"alarmd_config_last_reload_successful 0.0" in body
+        send("ABC1", 3)  # the old accounts are still in force
+        assert last("ABC1")["tenant"] == "annen-kommune"
+        assert d.terminate() == 0
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
