@@ -148,8 +148,8 @@ def loadgen_main(args: argparse.Namespace) -> None:
     _raise_nofile()
     import uvloop
 
-    if args.idle:
-        uvloop.run(_hold_idle(args.port, args.idle))
+    if args.hold_idle:
+        uvloop.run(_hold_idle(args.port, args.hold_idle))
         return
     result = uvloop.run(_loadgen(args.port, args.connections_one, args.duration, args.warmup))
     print(json.dumps(result), flush=True)
@@ -273,7 +273,7 @@ def run_load(server: Server, connections: int, duration: float, warmup: float) -
 def idle_rss(server: Server, count: int) -> dict:
     before = _rss_kib(server.proc.pid)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--loadgen", "--port", str(server.port), "--idle", str(count)],
+        [sys.executable, __file__, "--loadgen", "--port", str(server.port), "--hold-idle", str(count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--connections-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hold-idle", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", default="1,10,100,1000")

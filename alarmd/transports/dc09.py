@@ -255,7 +255,8 @@ class _TcpConnection(asyncio.Protocol):
         self._receiver = receiver
         self._transport: asyncio.Transport | None = None
         self._framer = Dc09Framer(receiver.settings.max_frame_bytes)
-        self._queue: deque[tuple[bytes, float]] = deque()
+        # created on first use: an empty deque is ~600 bytes, and most connections are idle
+        self._queue: deque[tuple[bytes, float]] | None = None
         self._paused = False
         self.busy = False
         self.last_seen = 0.0
@@ -283,27 +284,31 @@ class _TcpConnection(asyncio.Protocol):
         receiver._connections.discard(self)
         metrics.DC09_CONNECTIONS.set(len(receiver._connections))
         self._transport = None
-        self._queue.clear()
+        self._queue = None
 
     def data_received(self, data: bytes) -> None:
         now = asyncio.get_running_loop().time()
         self.last_seen = self._receiver.clock.monotonic()
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         for item in self._framer.feed(data):
             if isinstance(item, Dc09Error):
                 self._receiver.framing_error(item, "tcp", self.peer)
             else:
-                self._queue.append((item, now))
+                queue.append((item, now))
         if not self.busy:
             self._process()
-        if len(self._queue) >= MAX_QUEUED_FRAMES and not self._paused and self._transport:
+        if len(queue) >= MAX_QUEUED_FRAMES and not self._paused and self._transport:
             self._paused = True
             self._transport.pause_reading()
 
     def _process(self) -> None:
         """Answer queued frames in order, until one must wait for a commit."""
         receiver = self._receiver
-        while self._queue and self._transport is not None:
-            frame, started = self._queue.popleft()
+        queue = self._queue
+        while queue and self._transport is not None:
+            frame, started = queue.popleft()
             result = receiver.handle(frame, "tcp")
             if result.reply_kind is ReplyKind.ACK and result.events:
                 self.busy = True
