@@ -15,19 +15,38 @@ an ACK for a frame with events may be sent only after intake committed the event
 Nothing here reads a clock, touches a socket or imports asyncio; randomness for the
 encrypted reply's pad comes through the ``randbytes`` argument.
 
-STUB: the types and signatures below are the contract; the implementation is being
-written.
+Layers, bottom up (PROTOCOLS.md section 1):
+
+* ``crc16_arc`` and the envelope (``LF CRC 0LLL "token"seq Rr Ll #acct [``): checked
+  before anything else; a frame that fails here gets a NAK, since we cannot trust any
+  field of it.
+* the block: clear (``data]`` + xdata + timestamp) or encrypted (hex AES-CBC of
+  ``pad|data]xdata_timestamp``); account policy (no clear text for keyed accounts).
+* events: Contact ID or SIA DC-03 data mapped through the tables in ``contact_id`` and
+  ``sia_codes``; unknown codes become flagged alarms, never dropped.
+* replies: ``ACK``/``*ACK`` echo the header; ``NAK`` carries our time; ``DUH`` says
+  "understood, not processed".
+
+The same functions encode frames (``encode_message``) and read replies (``parse_reply``),
+for the transmitter simulator and for round-trip tests.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import NamedTuple
 
-from alarmd.model import Event, EventKind
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from alarmd.model import Condition, Event, EventKind, Flag
+from alarmd.protocols import contact_id, sia_codes
 
 MAX_FRAME_BYTES = 2048
 
@@ -104,7 +123,7 @@ class Dc09Result:
 
     @property
     def is_link_test(self) -> bool:
-        return self.message is not None and self.message.token == "NULL"
+        return self.message is not None and self.message.token == _NULL
 
 
 class Dc09Error(Exception):
@@ -114,3 +133,932 @@ class Dc09Error(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Dc09Reply:
+    """A receiver's reply as a transmitter reads it (``parse_reply``)."""
+
+    kind: str  # "ACK", "NAK", "DUH" or "RSP" (without the "*")
+    encrypted: bool
+    seq: str
+    account: str | None  # None for a NAK, which carries no account
+    timestamp: datetime | None  # the receiver's clock, UTC (a NAK always has it)
+    receiver: str | None = None
+    line: str = ""
+    data: str = ""  # an RSP's data; empty for the others
+
+
+# --- reasons and what they are answered with ----------------------------------------------
+
+# The envelope failed: we cannot trust any field, so the reply echoes nothing. A NAK makes
+# the transmitter re-send at once, faster than waiting for its ACK timeout (PROTOCOLS.md
+# 1.6 leaves CRC failure open; we choose NAK), and it carries our time.
+_NAK_REASONS = frozenset({"crc", "length", "format", "timestamp", "timestamp_missing"})
+# Understood but refused: the transmitter should not expect a different answer by
+# re-sending the same bytes.
+_DUH_REASONS = frozenset(
+    {
+        "unknown_account_encrypted",
+        "no_key",
+        "decrypt",
+        "clear_text_for_keyed_account",
+        "unsupported_token",
+        "unsupported_data",
+    }
+)
+# "garbage" (no DC-09 header at all) is answered with nothing: a NAK to whatever sent
+# random bytes would make us a reflector, and a real transmitter always sends a header.
+
+_NULL = "NULL"
+_ADM_CID = "ADM-CID"
+_MESSAGE_TOKENS = frozenset({"SIA-DCS", _ADM_CID, _NULL})
+_REPLY_TOKENS = frozenset({"ACK", "NAK", "DUH", "RSP"})
+
+# --- CRC-16/ARC ---------------------------------------------------------------------------
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16_arc(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/ARC (reflected 0x8005, init 0, no final xor), the DC-09 frame CRC.
+
+    Table-driven: it runs once per frame on the receive path. Note that several public
+    DC-09 parsers use CRC-16/CCITT by mistake; ``crc16_arc(b"123456789") == 0xBB3D``.
+    """
+    crc = 0
+    table = _CRC_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
+
+
+# --- timestamps and keys ------------------------------------------------------------------
+
+_TIMESTAMP_RE = re.compile(r"(\d\d):(\d\d):(\d\d),(\d\d)-(\d\d)-(\d{4})", re.ASCII)
+_TIMESTAMP_LEN = 19  # HH:MM:SS,MM-DD-YYYY
+
+
+def _utc(dt: datetime) -> datetime:
+    """Aware UTC; a naive value is taken to be UTC already (as DC-09 times are)."""
+    if dt.tzinfo is UTC:
+        return dt
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def format_timestamp(dt: datetime) -> str:
+    """``HH:MM:SS,MM-DD-YYYY`` in UTC (without the leading ``_``), seconds truncated."""
+    t = _utc(dt)
+    return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d},{t.month:02d}-{t.day:02d}-{t.year:04d}"
+
+
+def _parse_timestamp(text: str) -> datetime:
+    m = _TIMESTAMP_RE.fullmatch(text)
+    if m is None:
+        raise Dc09Error("format", f"bad timestamp {text!r}")
+    hh, mi, ss, mo, dd, yy = (int(g) for g in m.groups())
+    try:
+        return datetime(yy, mo, dd, hh, mi, ss, tzinfo=UTC)
+    except ValueError as exc:
+        raise Dc09Error("format", f"bad timestamp {text!r}") from exc
+
+
+_KEY_SIZES = (16, 24, 32)
+
+
+def decode_key(text: str, fmt: KeyFormat) -> bytes:
+    """An AES key from its configured text form; ValueError if it is not 128/192/256 bits.
+
+    The format must be explicit: a 32-character key is 16 bytes as hex or 32 as ASCII
+    (PROTOCOLS.md 1.4), and guessing would silently make every frame undecryptable.
+    """
+    if fmt is KeyFormat.ASCII:
+        try:
+            key = text.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise ValueError("DC-09 key in ascii format must be plain ASCII characters") from exc
+    elif fmt is KeyFormat.HEX:
+        compact = "".join(text.split())
+        try:
+            key = bytes.fromhex(compact)
+        except ValueError as exc:
+            raise ValueError("DC-09 key in hex format must be hex digits (0-9, A-F)") from exc
+    else:  # pragma: no cover - StrEnum exhausts the cases
+        raise ValueError(f"unknown key format {fmt!r}")
+    if len(key) not in _KEY_SIZES:
+        raise ValueError(
+            f"DC-09 key must be 16, 24 or 32 bytes (AES-128/192/256); "
+            f"got {len(key)} bytes from {fmt.value} text of {len(text)} characters"
+        )
+    return key
+
+
+# --- AES-CBC, zero IV, no padding ---------------------------------------------------------
+
+_ZERO_IV = bytes(16)
+_PAD_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# Pad bytes are alphanumeric: never "|", "[" or "]", and harmless to devices that decode
+# the plaintext as text. An alphanumeric random byte is kept as it is, any other byte is
+# folded into the alphabet, so a test can choose the pad exactly.
+_PAD_MAP = bytes(b if b in _PAD_ALPHABET else _PAD_ALPHABET[b % 62] for b in range(256))
+
+
+def _aes(key: bytes) -> Cipher[modes.CBC]:
+    if len(key) not in _KEY_SIZES:
+        raise Dc09Error("decrypt", f"configured key has {len(key)} bytes, not 16/24/32")
+    return Cipher(algorithms.AES(key), modes.CBC(_ZERO_IV))
+
+
+def _encrypt(key: bytes, plaintext: bytes) -> bytes:
+    enc = _aes(key).encryptor()
+    return enc.update(plaintext) + enc.finalize()
+
+
+def _decrypt(key: bytes, ciphertext: bytes) -> bytes:
+    dec = _aes(key).decryptor()
+    return dec.update(ciphertext) + dec.finalize()
+
+
+def _pad(randbytes: Callable[[int], bytes], plaintext_len: int) -> bytes:
+    """1-16 pad bytes making the plaintext a multiple of 16 (16 if it already is)."""
+    n = 16 - plaintext_len % 16
+    raw = randbytes(n)
+    if len(raw) != n:
+        raise ValueError(f"randbytes({n}) returned {len(raw)} bytes")
+    return raw.translate(_PAD_MAP)
+
+
+# --- frame boundaries (shared by the framer and the parser) -------------------------------
+
+_LF = 0x0A
+_CR = 0x0D
+_TRIVIAL = b"\x00\r\n \t"  # between frames: NUL padding, CRLF; never reported as garbage
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+_ZERO = frozenset(b"0")
+_QUOTE = frozenset(b'"')
+# What follows the LF, by offset 1, 2, ...: 4 hex CRC + "0LLL" + '"' ...
+_HEX_CRC_HEADER: tuple[frozenset[int] | None, ...] = (
+    _HEX, _HEX, _HEX, _HEX, _ZERO, _HEX, _HEX, _HEX, _QUOTE,
+)  # fmt: skip
+# ... or 2 raw CRC bytes (any value, even LF or CR) + "0LLL" + '"'.
+_BIN_CRC_HEADER: tuple[frozenset[int] | None, ...] = (None, None, _ZERO, _HEX, _HEX, _HEX, _QUOTE)
+
+
+def _match(buf: bytes | bytearray, lf: int, pattern: tuple[frozenset[int] | None, ...]) -> int:
+    """1 if ``pattern`` follows the LF at ``lf``, -1 if it cannot, 0 if more bytes are needed."""
+    n = len(buf)
+    i = lf
+    for allowed in pattern:
+        i += 1
+        if i >= n:
+            return 0
+        if allowed is not None and buf[i] not in allowed:
+            return -1
+    return 1
+
+
+def _header_at(buf: bytes | bytearray, lf: int) -> int:
+    """Offset of the opening quote if a DC-09 header starts at the LF at ``lf``.
+
+    0: not decided yet (more bytes needed); -1: not a header. The two layouts exclude each
+    other (a full match of one puts a quote where the other needs a hex digit), so the
+    answer never depends on how the bytes were split into reads.
+    """
+    hex_crc = _match(buf, lf, _HEX_CRC_HEADER)
+    if hex_crc == 1:
+        return lf + 9
+    bin_crc = _match(buf, lf, _BIN_CRC_HEADER)
+    if bin_crc == 1:
+        return lf + 7
+    if hex_crc < 0 and bin_crc < 0:
+        return -1
+    return 0
+
+
+# --- envelope -----------------------------------------------------------------------------
+
+_HEADER_RE = re.compile(
+    r'"(\*?)([A-Za-z0-9-]{1,16})"(\d{4})'
+    r"(?:R([0-9A-Fa-f]{1,6}))?"
+    r"L([0-9A-Fa-f]{1,6})"
+    r"(?:#([0-9A-Fa-f]{3,16}))?"
+    r"\[",
+    re.ASCII,
+)
+
+
+class _Envelope(NamedTuple):
+    """The clear part of a frame, CRC and length checked (a tuple: built per frame)."""
+
+    encrypted: bool
+    token: str
+    seq: str
+    receiver: str | None
+    line: str
+    account_raw: str | None  # as received, echoed in replies
+    account: str | None  # uppercase, for lookups and events
+    rest: str  # everything after the opening "[" of the data block
+
+
+def _decode_text(raw: bytes) -> str:
+    """UTF-8 if it is, else Latin-1 (never fails; older panels send 8-bit text)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+_COMMON_HEADER_RE = re.compile(rb'\n[0-9A-Fa-f]{4}0[0-9A-Fa-f]{3}"')  # the usual hex-CRC case
+_FRAME_END = b"\x00\r\n"  # CR, CRLF, trailing NULs
+
+
+def _find_header(frame: bytes) -> tuple[int, int]:
+    """(LF offset, quote offset) of the header, after any leading separator bytes."""
+    for i, byte in enumerate(frame):
+        if byte == _LF:
+            quote = _header_at(frame, i)
+            if quote > 0:
+                return i, quote
+        if byte not in _TRIVIAL:
+            break
+    raise Dc09Error("garbage", "no DC-09 header: " + frame[:32].hex())
+
+
+def _open_envelope(frame: bytes) -> _Envelope:
+    """Find the header, check length and CRC, read the clear header fields."""
+    if _COMMON_HEADER_RE.match(frame):
+        lf, quote = 0, 9
+    else:
+        lf, quote = _find_header(frame)
+    end = len(frame.rstrip(_FRAME_END))  # stops at the quote at the latest
+    body = frame[quote:end]
+    declared = int(frame[quote - 4 : quote], 16)
+    if declared != len(body):
+        raise Dc09Error("length", f"length field {declared}, body has {len(body)} bytes")
+    crc = crc16_arc(body)
+    if quote - lf == 9:
+        crc_ok = crc == int(frame[lf + 1 : lf + 5], 16)
+    else:
+        # 2 raw bytes; the byte order is not written down anywhere, so take either.
+        hi, lo = frame[lf + 1], frame[lf + 2]
+        crc_ok = crc in ((hi << 8) | lo, (lo << 8) | hi)
+    if not crc_ok:
+        raise Dc09Error("crc", f"computed {crc:04X}, frame says {frame[lf + 1 : quote - 4]!r}")
+    text = _decode_text(body)
+    m = _HEADER_RE.match(text)
+    if m is None:
+        raise Dc09Error("format", "bad header: " + text[:40])
+    star, token, seq, receiver, line, account = m.groups()
+    upper = account.upper() if account is not None else None
+    return _Envelope(bool(star), token, seq, receiver, line, account, upper, text[m.end() :])
+
+
+# --- blocks -------------------------------------------------------------------------------
+
+_Block = tuple[str, tuple[tuple[str, str], ...], datetime | None]  # data, xdata, timestamp
+
+
+def _parse_tail(text: str, pos: int) -> tuple[tuple[tuple[str, str], ...], datetime | None, int]:
+    """xdata blocks ``[Xvalue]`` then an optional ``_timestamp``, from ``pos``."""
+    xdata: list[tuple[str, str]] = []
+    n = len(text)
+    while pos < n and text[pos] == "[":
+        close = text.find("]", pos + 1)
+        if close < 0:
+            raise Dc09Error("format", "xdata block not closed")
+        block = text[pos + 1 : close]
+        if block:
+            xdata.append((block[0], block[1:]))
+        pos = close + 1
+    timestamp = None
+    if pos < n and text[pos] == "_":
+        timestamp = _parse_timestamp(text[pos + 1 : pos + 1 + _TIMESTAMP_LEN])
+        pos += 1 + _TIMESTAMP_LEN
+    return tuple(xdata), timestamp, pos
+
+
+def _clear_block(rest: str) -> _Block:
+    close = rest.find("]")
+    if close < 0:
+        raise Dc09Error("format", "data block not closed")
+    data = rest[:close]
+    if "[" in data:
+        raise Dc09Error("format", "'[' inside the data block")
+    xdata, timestamp, pos = _parse_tail(rest, close + 1)
+    if pos != len(rest):
+        raise Dc09Error("format", "unexpected bytes after the data: " + rest[pos : pos + 40])
+    return data, xdata, timestamp
+
+
+def _strip_pad(region: bytes, account: str) -> bytes:
+    """The data from ``<pad>|<data>``, leniently (PROTOCOLS.md 1.4, field quirks).
+
+    The pad never contains ``|``, so the first ``|`` ends it - unless the device left the
+    separator out, in which case that ``|`` is the one inside ``#acct|...``: recognised
+    when what precedes it ends in ``#<account>`` (or is zeros then the account).
+    """
+    bar = region.find(b"|")
+    if bar < 0:  # no separator and no "acct|" either: the data starts at "#", or is empty
+        start = region.find(b"#")
+        return region[start:] if start >= 0 else b""
+    after = region[bar + 1 :]
+    acct = account.encode("ascii")
+    if after[:1] in (b"#", b"") or after.upper().startswith(acct + b"|"):
+        return after  # the usual "<pad>|#acct|..." (or an empty NULL)
+    head = region[:bar].upper()
+    if len(head) > len(acct) + 1 and head.endswith(b"#" + acct):
+        return region[bar - len(acct) - 1 :]
+    if len(head) > len(acct) and head.endswith(acct) and not head[: -len(acct)].strip(b"0"):
+        return region[bar - len(acct) :]
+    return after
+
+
+_JUNK_AFTER_PLAINTEXT = b"\x00 \t\r\n"
+
+
+def _encrypted_block(rest: str, key: bytes, account: str) -> _Block:
+    """Decrypt ``rest`` (hex after ``[``) and split it into data, xdata, timestamp.
+
+    A wrong key gives random bytes: they fail the structure checks below (a ``]``, text
+    that is printable UTF-8, a well-formed tail), which is how "decrypt" is detected.
+    """
+    hex_text = rest[:-1] if rest.endswith("]") else rest  # tolerate a closing bracket
+    if not hex_text or len(hex_text) % 32:
+        raise Dc09Error("decrypt", f"ciphertext of {len(hex_text)} hex digits")
+    try:
+        ciphertext = bytes.fromhex(hex_text)
+    except ValueError as exc:
+        raise Dc09Error("decrypt", "ciphertext is not hex") from exc
+    plain = _decrypt(key, ciphertext)
+    close = plain.find(b"]")
+    if close < 0:
+        raise Dc09Error("decrypt", "no ']' in the plaintext (wrong key?)")
+    try:
+        data = _strip_pad(plain[:close], account).decode("utf-8")
+        tail = plain[close + 1 :].rstrip(_JUNK_AFTER_PLAINTEXT).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise Dc09Error("decrypt", "plaintext is not text (wrong key?)") from exc
+    if not data.isprintable() or not tail.isprintable():
+        raise Dc09Error("decrypt", "plaintext is not printable (wrong key?)")
+    try:
+        xdata, timestamp, pos = _parse_tail(tail, 0)
+    except Dc09Error as exc:
+        raise Dc09Error("decrypt", f"plaintext tail: {exc.detail}") from exc
+    if pos != len(tail):
+        raise Dc09Error("decrypt", "unexpected plaintext after the timestamp")
+    return data, xdata, timestamp
+
+
+def _read_message(
+    env: _Envelope, accounts: AccountLookup
+) -> tuple[Dc09Message, Dc09Account | None]:
+    """The message in ``env`` under the account policy; raises ``Dc09Error``."""
+    if env.token not in _MESSAGE_TOKENS:
+        raise Dc09Error("unsupported_token", env.token)
+    if env.account is None:
+        raise Dc09Error("format", "no #account in the header")
+    account = accounts(env.account)
+    if env.encrypted:
+        if account is None:
+            raise Dc09Error("unknown_account_encrypted", env.account)
+        if account.key is None:
+            raise Dc09Error("no_key", f"encrypted frame, no key configured for {env.account}")
+        data, xdata, timestamp = _encrypted_block(env.rest, account.key, env.account)
+        if timestamp is None:
+            raise Dc09Error("timestamp_missing", "an encrypted frame must carry a timestamp")
+    else:
+        if account is not None and account.key is not None:
+            # A receiver that accepts this is a downgrade hole (PROTOCOLS.md 1.4).
+            raise Dc09Error("clear_text_for_keyed_account", env.account)
+        data, xdata, timestamp = _clear_block(env.rest)
+    message = Dc09Message(
+        token=env.token,
+        encrypted=env.encrypted,
+        seq=env.seq,
+        receiver=env.receiver,
+        line=env.line,
+        account=env.account,
+        data=data,
+        xdata=xdata,
+        timestamp=timestamp,
+    )
+    return message, account
+
+
+def parse_frame(frame: bytes, accounts: AccountLookup) -> Dc09Message:
+    """One frame (LF ... CR, trailing NUL/CRLF tolerated) as a message; raises ``Dc09Error``.
+
+    Checks length and CRC, the account policy (encrypted needs a known key; a keyed
+    account may not send clear text) and decrypts. It does not judge the timestamp
+    against a clock: that is ``handle_frame``'s, which has ``now``.
+    """
+    return _read_message(_open_envelope(frame), accounts)[0]
+
+
+# --- events -------------------------------------------------------------------------------
+
+_CID_RE = re.compile(  # [#acct|]QEEE GG ZZZ; "#" and the blanks are optional in the field
+    r"\s*(?:#?[0-9A-Fa-f]{3,16}\|)?"
+    r"([0-9A-Fa-f])([0-9A-Fa-f]{3}) ?([0-9A-Fa-f]{2}) ?([0-9A-Fa-f]{3})\s*",
+    re.ASCII,
+)
+_SIA_ACCOUNT_RE = re.compile(r"#?[0-9A-Fa-f]{3,16}", re.ASCII)
+_SIA_MODIFIER_RE = re.compile(r"([a-z]{2})(\d{1,2}:\d{2}(?::\d{2})?|\d*)", re.ASCII)
+_SIA_CODE_RE = re.compile(r"([A-Z]{2})(\d*)", re.ASCII)
+
+
+class _Found(NamedTuple):
+    """One event as the data block says it, before account and flags are applied."""
+
+    code: str
+    kind: EventKind
+    condition: Condition
+    known: bool
+    zone: str | None = None
+    partition: str | None = None
+    text: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+def _number(text: str) -> str:
+    """``"001"`` -> ``"1"``; a non-decimal value (CID allows B-F) is kept as written."""
+    return str(int(text)) if text.isdigit() else text.upper()
+
+
+def _cid_events(data: str) -> list[_Found]:
+    m = _CID_RE.fullmatch(data)
+    if m is None:
+        raise Dc09Error("unsupported_data", "not a Contact ID block: " + data[:40])
+    qualifier, code, group, zone = m.groups()
+    row = contact_id.lookup(int(code)) if code.isdigit() else None
+    condition = contact_id.QUALIFIERS.get(qualifier)
+    known = row is not None and condition is not None
+    return [
+        _Found(
+            code=f"CID:{qualifier}{code.upper()}",
+            kind=row.kind if row is not None else EventKind.OTHER_ALARM,
+            # An unknown qualifier is reported as new: the safe reading of a maybe-alarm.
+            condition=condition if condition is not None else Condition.ALARM,
+            known=known,
+            zone=_number(zone),
+            partition=_number(group),
+        )
+    ]
+
+
+def _sia_pieces(block: str) -> list[tuple[str, str, dict[str, str]]] | None:
+    """``ri1/MA001/FA002`` -> [(code, unit, modifiers)...]; None if it does not parse.
+
+    Modifiers (``ri``, ``id``, ``ti``, ``pi``...) hold for the events after them, with or
+    without a ``/`` in between (``ti13:23:12MA1`` is a field quirk).
+    """
+    found: list[tuple[str, str, dict[str, str]]] = []
+    modifiers: dict[str, str] = {}
+    for piece in block.split("/"):
+        pos, n = 0, len(piece)
+        while pos < n:
+            m = _SIA_MODIFIER_RE.match(piece, pos)
+            if m is not None:
+                modifiers[m.group(1)] = m.group(2)
+                pos = m.end()
+                continue
+            m = _SIA_CODE_RE.match(piece, pos)
+            if m is None:
+                return None
+            found.append((m.group(1), m.group(2), dict(modifiers)))
+            pos = m.end()
+    return found
+
+
+def _sia_events(data: str) -> list[_Found]:
+    parts = data.split("|")
+    # "#acct|" or "acct|" (field: no "#") first, unless that hex is an event before "|A<text>"
+    if (
+        len(parts) > 1
+        and _SIA_ACCOUNT_RE.fullmatch(parts[0])
+        and (parts[0].startswith("#") or not parts[1].startswith("A"))
+    ):
+        parts = parts[1:]
+    block = parts[0].strip()
+    # "|A<text>": everything after it is text, a "|" in it included
+    first_text = next((i for i, p in enumerate(parts) if i and p.startswith("A")), 0)
+    text = "|".join(parts[first_text:])[1:] if first_text else None
+    pieces = _sia_pieces(block[1:]) if block.startswith("N") else None
+    if not pieces:  # no "N", or "N" was the first letter of a code ("NA01" = no activity)
+        pieces = _sia_pieces(block)
+    if not pieces:
+        raise Dc09Error("unsupported_data", "no SIA event in: " + data[:40])
+    events = []
+    for code, unit, modifiers in pieces:
+        row = sia_codes.lookup(code)
+        area = modifiers.pop("ri", "")
+        events.append(
+            _Found(
+                code=f"SIA:{code}",
+                kind=row.kind if row is not None else EventKind.OTHER_ALARM,
+                condition=row.condition if row is not None else Condition.ALARM,
+                known=row is not None,
+                zone=_number(unit) if unit else None,
+                partition=_number(area) if area else None,
+                text=text,
+                attributes=tuple(modifiers.items()),
+            )
+        )
+    return events
+
+
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+# (unregistered, stale timestamp, unknown code) -> flags; shared, built once.
+_FLAGS: Mapping[tuple[bool, bool, bool], frozenset[Flag]] = {
+    (u, s, c): frozenset(
+        flag
+        for flag, on in ((Flag.UNREGISTERED, u), (Flag.STALE_TIMESTAMP, s), (Flag.UNKNOWN_CODE, c))
+        if on
+    )
+    for u in (False, True)
+    for s in (False, True)
+    for c in (False, True)
+}
+
+
+def _events(
+    message: Dc09Message,
+    account: Dc09Account | None,
+    frame: bytes,
+    now: datetime,
+    stale: bool,
+) -> tuple[Event, ...]:
+    if message.token == _NULL:
+        return ()  # a link test: any payload is ignored (PROTOCOLS.md 1.3)
+    cid = message.token == _ADM_CID
+    found = _cid_events(message.data) if cid else _sia_events(message.data)
+    unregistered = account is None
+    # The key names the transmission, not the attempt: a re-send after a NAK or a lost ACK
+    # has a new timestamp and pad but the same seq and content (DESIGN.md invariant 2).
+    xdata_text = "".join(f"[{letter}{value}]" for letter, value in message.xdata)
+    digest = hashlib.blake2b(
+        f"{message.token}\x1f{message.data}\x1f{xdata_text}".encode("utf-8", "surrogatepass"),
+        digest_size=8,
+    ).hexdigest()
+    key_prefix = f"dc09:{message.account}:{message.seq}:{digest}#"
+    zone_kinds = account.zone_kinds if account is not None else None
+    events = []
+    for i, f in enumerate(found):
+        kind = f.kind
+        if zone_kinds and f.zone is not None and f.zone.isdigit() and kind.category == "alarm":
+            kind = zone_kinds.get(int(f.zone), kind)
+        if message.xdata or f.attributes:
+            attributes: Mapping[str, str] = MappingProxyType(dict(message.xdata + f.attributes))
+        else:
+            attributes = _NO_ATTRIBUTES
+        events.append(
+            Event(
+                protocol="dc09",
+                source=message.account,
+                kind=kind,
+                condition=f.condition,
+                priority=kind.default_priority,
+                received_at=now,
+                dedup_key=f"{key_prefix}{i}",
+                raw=frame,
+                code=f.code,
+                zone=f.zone,
+                partition=f.partition,
+                occurred_at=message.timestamp,
+                text=f.text,
+                flags=_FLAGS[unregistered, stale, not f.known],
+                attributes=attributes,
+            )
+        )
+    return tuple(events)
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def _wrap(body: bytes, binary_crc: bool = False) -> bytes:
+    """LF + CRC + length + body + CR."""
+    crc = crc16_arc(body)
+    crc_field = crc.to_bytes(2, "big") if binary_crc else b"%04X" % crc
+    return b"\n" + crc_field + b"%04X" % len(body) + body + b"\r"
+
+
+def _body(
+    token: str,
+    seq: str,
+    account: str | None,
+    data: str,
+    *,
+    receiver: str | None,
+    line: str,
+    xdata: Sequence[tuple[str, str]],
+    timestamp: datetime | None,
+    key: bytes | None,
+    randbytes: Callable[[int], bytes],
+) -> bytes:
+    head = f'"{"*" if key is not None else ""}{token}"{seq}'
+    if receiver is not None:
+        head += f"R{receiver}"
+    head += f"L{line}"
+    if account is not None:
+        head += f"#{account}"
+    head += "["
+    tail = "".join(f"[{letter}{value}]" for letter, value in xdata)
+    if timestamp is not None:
+        tail += "_" + format_timestamp(timestamp)
+    if key is None:
+        return f"{head}{data}]{tail}".encode()
+    plain = f"|{data}]{tail}".encode()
+    ciphertext = _encrypt(key, _pad(randbytes, len(plain)) + plain)
+    return head.encode() + ciphertext.hex().upper().encode()
+
+
+def encode_message(
+    token: str,
+    seq: int | str,
+    account: str,
+    data: str,
+    *,
+    receiver: str | None = None,
+    line: str = "0",
+    xdata: Sequence[tuple[str, str]] = (),
+    timestamp: datetime | None = None,
+    key: bytes | None = None,
+    randbytes: Callable[[int], bytes] = os.urandom,
+    binary_crc: bool = False,
+) -> bytes:
+    """A complete frame as a transmitter sends it (or, with a reply token, as we reply).
+
+    With ``key`` the token gets its ``*`` and everything after ``[`` is encrypted with a
+    random pad. A valid encrypted message needs a ``timestamp``; leaving it out is allowed
+    so tests can build the invalid frame. ``binary_crc`` writes the CRC as 2 raw bytes
+    (big-endian), as some panels do.
+    """
+    if isinstance(seq, int):
+        if not 0 <= seq <= 9999:
+            raise ValueError(f"DC-09 seq must be 0..9999, not {seq}")
+        seq = f"{seq:04d}"
+    elif not (len(seq) == 4 and seq.isdigit()):
+        raise ValueError(f"DC-09 seq must be 4 decimal digits, not {seq!r}")
+    body = _body(
+        token,
+        seq,
+        account,
+        data,
+        receiver=receiver,
+        line=line,
+        xdata=xdata,
+        timestamp=timestamp,
+        key=key,
+        randbytes=randbytes,
+    )
+    return _wrap(body, binary_crc)
+
+
+def encode_nak(now: datetime) -> bytes:
+    """Our NAK: never encrypted, echoes nothing, carries our clock for the re-sync."""
+    return _wrap(f'"NAK"0000R0L0A0[]_{format_timestamp(now)}'.encode())
+
+
+def parse_reply(frame: bytes, key: bytes | None = None) -> Dc09Reply:
+    """A receiver's reply frame, for a transmitter; raises ``Dc09Error``.
+
+    ``key`` is needed to read an encrypted reply (``*ACK``) and its timestamp.
+    """
+    env = _open_envelope(frame)
+    if env.token not in _REPLY_TOKENS:
+        raise Dc09Error("unsupported_token", env.token)
+    if env.encrypted:
+        if key is None:
+            raise Dc09Error("decrypt", f"encrypted {env.token} but no key")
+        data, _xdata, timestamp = _encrypted_block(env.rest, key, env.account or "")
+    else:
+        data, _xdata, timestamp = _clear_block(env.rest)
+    return Dc09Reply(
+        kind=env.token,
+        encrypted=env.encrypted,
+        seq=env.seq,
+        account=env.account,
+        timestamp=timestamp,
+        receiver=env.receiver,
+        line=env.line,
+        data=data,
+    )
+
+
+# --- the receiver's decision --------------------------------------------------------------
+
+
+def _echo(
+    token: str,
+    env: _Envelope,
+    *,
+    key: bytes | None = None,
+    now: datetime | None = None,
+    randbytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """ACK/DUH echoing seq, receiver, line and account as received; ``*ACK`` if keyed."""
+    body = _body(
+        token,
+        env.seq,
+        env.account_raw,
+        "",
+        receiver=env.receiver,
+        line=env.line,
+        xdata=(),
+        timestamp=now if key is not None else None,
+        key=key,
+        randbytes=randbytes,
+    )
+    return _wrap(body)
+
+
+def _refuse(
+    error: Dc09Error, env: _Envelope | None, now: datetime, message: Dc09Message | None = None
+) -> Dc09Result:
+    account = env.account if env is not None else None
+    if error.reason in _DUH_REASONS and env is not None:
+        # DUH in clear: we may hold no key for this account, and it carries no secret.
+        return Dc09Result(
+            ReplyKind.DUH, _echo("DUH", env), message=message, account=account, reason=error.reason
+        )
+    if error.reason in _NAK_REASONS:
+        return Dc09Result(
+            ReplyKind.NAK, encode_nak(now), message=message, account=account, reason=error.reason
+        )
+    return Dc09Result(ReplyKind.NONE, b"", account=account, reason=error.reason)
+
+
+def handle_frame(
+    frame: bytes,
+    *,
+    now: datetime,
+    accounts: AccountLookup,
+    policy: TimestampPolicy = TimestampPolicy(),  # frozen: safe as a default
+    randbytes: Callable[[int], bytes] = os.urandom,
+) -> Dc09Result:
+    """Decide what one frame means and what to answer. Never raises.
+
+    * no DC-09 header at all -> NONE (``garbage``);
+    * length, CRC or header format wrong -> NAK with our time (we cannot trust the seq
+      or account to echo them; the transmitter re-sends at once);
+    * encrypted from an unknown account, or undecryptable -> DUH;
+    * clear text from an account that has a key -> DUH (no downgrade);
+    * encrypted with a timestamp missing or outside the window -> NAK, so the transmitter
+      re-syncs its clock from ours;
+    * clear text outside the window -> accepted and flagged ``STALE_TIMESTAMP`` (default),
+      or NAK under ``StalePolicy.NAK``;
+    * unknown token or data we cannot read -> DUH;
+    * otherwise ACK (``*ACK`` for an encrypted message) with the events; a NULL link test
+      has none. An unknown account in clear text is accepted, its events flagged
+      ``UNREGISTERED``: an alarm is never dropped.
+    """
+    now = _utc(now)
+    env: _Envelope | None = None
+    message: Dc09Message | None = None
+    try:
+        env = _open_envelope(frame)
+        message, account = _read_message(env, accounts)
+        stale = False
+        if message.timestamp is not None:
+            skew = message.timestamp - now
+            if skew > policy.ahead or -skew > policy.behind:
+                if message.encrypted or policy.stale_clear_text is StalePolicy.NAK:
+                    raise Dc09Error("timestamp", f"device time {skew.total_seconds():+.0f} s off")
+                stale = True
+        events = _events(message, account, frame, now, stale)
+        key = account.key if message.encrypted and account is not None else None
+        reply = _echo("ACK", env, key=key, now=now, randbytes=randbytes)
+        return Dc09Result(ReplyKind.ACK, reply, events, message, account=message.account)
+    except Dc09Error as error:
+        return _refuse(error, env, now, message)
+    except Exception:  # a bug must not take the connection down; the device re-sends
+        account_id = env.account if env is not None else None
+        return Dc09Result(
+            ReplyKind.NONE, b"", message=message, account=account_id, reason="internal_error"
+        )
+
+
+# --- framing a byte stream ----------------------------------------------------------------
+
+
+class Dc09Framer:
+    """Cuts a TCP byte stream into frames (LF ... CR); bounded, resynchronising.
+
+    A frame starts at an LF followed by a header (4 hex CRC or 2 raw CRC bytes, then
+    ``0LLL`` and ``"``): the header is recognised by where ``0LLL`` and the quote fall,
+    because raw CRC bytes may be 0x0A or 0x0D. It ends at the first CR after the quote:
+    the rest of a frame is ASCII (hex when encrypted), so no CR can occur inside it. The
+    length field is then checked by ``handle_frame``; a frame whose length field is wrong
+    still comes out (and gets a NAK) instead of stalling the stream waiting for bytes that
+    will never come. An LF after the quote means the frame was cut short and a new one
+    begins: the stub is reported as ``truncated`` and framing resumes at that LF.
+
+    Between frames, NUL, CR, LF and blanks are skipped silently; anything else is
+    reported once per run as ``garbage`` when the next LF arrives. More than
+    ``max_frame_bytes`` without a CR gives ``frame_too_long``; the bytes are dropped up to
+    the next LF. The output never depends on how the input was split into reads.
+    """
+
+    __slots__ = ("_buf", "_discarding", "_garbage", "_garbage_sample", "_max", "_scan_from")
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+        self._discarding = False  # dropping the tail of an over-long frame, up to an LF
+        self._garbage = 0  # non-trivial bytes skipped since the last LF
+        self._garbage_sample = bytearray()
+        self._scan_from = 0  # where to resume looking for the CR in the buffered frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered towards a frame not yet complete (0 if only separators remain)."""
+        buf = self._buf
+        if not buf or not buf.translate(None, _TRIVIAL):
+            return 0
+        return len(buf)
+
+    def feed(self, data: bytes) -> list[bytes | Dc09Error]:
+        """Add bytes from the stream; return the frames and errors they complete, in order."""
+        buf = self._buf
+        buf += data
+        out: list[bytes | Dc09Error] = []
+        while buf:
+            if buf[0] != _LF:
+                lf = buf.find(b"\n")
+                stop = lf if lf >= 0 else len(buf)
+                if not self._discarding:
+                    self._note_garbage(buf, stop)
+                if lf < 0:
+                    buf.clear()
+                    self._scan_from = 0
+                    break
+                del buf[:lf]
+                self._scan_from = 0
+            self._discarding = False  # an LF ends the tail of an over-long frame
+            if self._garbage:
+                out.append(Dc09Error("garbage", self._garbage_detail()))
+            quote = _header_at(buf, 0)
+            if quote == 0:
+                break  # header not complete yet
+            if quote < 0:
+                del buf[:1]  # a stray LF (CRLF, or garbage): look for the next one
+                continue
+            start = max(quote + 1, self._scan_from)
+            cr = buf.find(b"\r", start)
+            lf = buf.find(b"\n", start, cr if cr >= 0 else len(buf))
+            end = lf if lf >= 0 else cr
+            if end < 0:
+                if len(buf) > self._max:
+                    out.append(self._too_long())
+                    buf.clear()
+                    self._scan_from = 0
+                    self._discarding = True
+                else:
+                    self._scan_from = len(buf)
+                break
+            self._scan_from = 0
+            if end + 1 > self._max:
+                out.append(self._too_long())
+                if end == lf:
+                    del buf[:end]
+                else:
+                    del buf[: end + 1]
+                    self._discarding = True
+                continue
+            if end == lf:
+                out.append(Dc09Error("truncated", bytes(buf[: min(end, 64)]).hex()))
+                del buf[:end]
+                continue
+            out.append(bytes(buf[: end + 1]))
+            del buf[: end + 1]
+        return out
+
+    def _too_long(self) -> Dc09Error:
+        # The same words however the bytes were split into reads.
+        return Dc09Error("frame_too_long", f"more than {self._max} bytes without a CR")
+
+    def _note_garbage(self, buf: bytearray, stop: int) -> None:
+        junk = bytes(buf[:stop]).translate(None, _TRIVIAL)
+        if junk:
+            self._garbage += len(junk)
+            room = 32 - len(self._garbage_sample)
+            if room > 0:
+                self._garbage_sample += junk[:room]
+
+    def _garbage_detail(self) -> str:
+        detail = f"{self._garbage} bytes: {self._garbage_sample.hex()}"
+        self._garbage = 0
+        self._garbage_sample.clear()
+        return detail
