@@ -74,6 +74,7 @@ from alarmd.protocols.dc09 import (
     KeyFormat,
     StalePolicy,
     TimestampPolicy,
+    decode_key,
 )
 
 __all__ = [
@@ -272,14 +273,6 @@ def _key_problem(text: str, fmt: KeyFormat) -> str | None:
     return None
 
 
-def _decode_key(text: str, fmt: KeyFormat) -> bytes:
-    """The key's bytes. Kept here until ``alarmd.protocols.dc09.decode_key`` exists."""
-    problem = _key_problem(text, fmt)
-    if problem is not None:
-        raise ValueError(problem)
-    return text.encode("ascii") if fmt is KeyFormat.ASCII else bytes.fromhex(text)
-
-
 # --- the schema ----------------------------------------------------------------------------
 
 
@@ -406,7 +399,7 @@ class AccountConfig(_Section):
         """What the DC-09 codec needs: the key as bytes, zones as a read-only map."""
         key = None
         if self.key is not None and self.key_format is not None:
-            key = _decode_key(self.key.get_secret_value(), self.key_format)
+            key = decode_key(self.key.get_secret_value(), self.key_format)
         return Dc09Account(
             account=self.account, key=key, zone_kinds=types.MappingProxyType(dict(self.zones))
         )

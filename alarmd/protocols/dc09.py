@@ -79,7 +79,8 @@ class Dc09Account:
     """What the codec needs to know of one transmitter account."""
 
     account: str  # uppercase hex, as the transmitter sends it
-    key: bytes | None = None  # AES key, 16/24/32 bytes, already decoded from its format
+    # AES key, 16/24/32 bytes, already decoded from its format; never shown in a repr
+    key: bytes | None = field(default=None, repr=False)
     zone_kinds: Mapping[int, EventKind] = field(default_factory=_no_zones)  # zone -> alarm kind
 
 
