@@ -273,7 +273,15 @@ def run_load(server: Server, connections: int, duration: float, warmup: float) -
 def idle_rss(server: Server, count: int) -> dict:
     before = _rss_kib(server.proc.pid)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--loadgen", "--port", str(server.port), "--hold-idle", str(count)],
+        [
+            sys.executable,
+            __file__,
+            "--loadgen",
+            "--port",
+            str(server.port),
+            "--hold-idle",
+            str(count),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )

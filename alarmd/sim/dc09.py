@@ -12,8 +12,10 @@ the retry behaviour it will meet in the field (PROTOCOLS.md 1.5-1.7):
   earlier attempt) are ignored;
 * NAK: the transmitter sets its clock offset from the NAK's timestamp and re-sends at
   once with a fresh timestamp;
-* no reply in time, connection lost or refused: re-send the same seq, reconnecting over
-  TCP (the old connection may hold a stale half-frame or a late reply);
+* no reply in time: re-send the same seq at once, reconnecting over TCP (the old
+  connection may hold a stale half-frame or a late reply);
+* connection refused or lost: the same, after a pause that doubles from ``retry_delay``
+  up to ``max_retry_delay``, so a restarting receiver is not hammered;
 * DUH: returned to the caller as it is; re-sending the same bytes would not help;
 * after ``max_attempts`` attempts without an answer, ``Dc09SendError``.
 
@@ -114,6 +116,8 @@ class Dc09Transmitter:
         clock: Clock | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
         first_seq: int = 1,
+        retry_delay: float = 0.25,
+        max_retry_delay: float = 2.0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -126,6 +130,10 @@ class Dc09Transmitter:
         self.line = line
         self.ack_timeout = ack_timeout
         self.max_attempts = max_attempts
+        # after a refused or dropped connection, wait before trying again (doubling, capped):
+        # a receiver that is restarting must not be hammered, nor the attempts burnt in a blink
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self.clock_offset = clock_offset  # added to our clock; corrected by every NAK
         self.clock: Clock = clock or SystemClock()
         self.randbytes = randbytes
@@ -155,6 +163,7 @@ class Dc09Transmitter:
         self.stats.messages += 1
         seq = self.take_seq()
         last_problem = "no attempt made"
+        delay = self.retry_delay
         for attempt in range(self.max_attempts):
             if attempt:
                 self.stats.retries += 1
@@ -180,6 +189,9 @@ class Dc09Transmitter:
             except OSError as exc:  # refused, reset, unreachable
                 last_problem = f"connection problem: {exc!r}"
                 await self._drop_connection()
+                if attempt + 1 < self.max_attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_retry_delay)
                 continue
             if reply.kind == "NAK":
                 self.stats.naks += 1

@@ -16,7 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from alarmd.sim.dc09 import Dc09Transmitter
+
 from conftest import DaemonProcess
 
 ACCOUNTS = ["1234", "9757", "0809", "36214", "21401", "C001", "C002", "C003"]
@@ -29,12 +31,13 @@ async def test_kill9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> Non
     daemon = DaemonProcess(tmp_path)
     daemon.start()
     acked: dict[str, list[int]] = {a: [] for a in ACCOUNTS}
+    resent = 0
     total_acked = 0
     killed = asyncio.Event()
     restarted = asyncio.Event()
 
     async def transmitter(account: str) -> None:
-        nonlocal total_acked
+        nonlocal total_acked, resent
         tx = Dc09Transmitter(
             "127.0.0.1",
             daemon.dc09_port,
@@ -43,6 +46,8 @@ async def test_kill9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> Non
             line="1",
             ack_timeout=1.0,
             max_attempts=60,
+            retry_delay=0.05,
+            max_retry_delay=0.5,
         )
         try:
             for zone in range(PER_ACCOUNT):
@@ -51,6 +56,7 @@ async def test_kill9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> Non
                 acked[account].append(zone)
                 total_acked += 1
         finally:
+            resent += tx.stats.retries
             await tx.close()
 
     async def killer() -> None:
@@ -64,6 +70,9 @@ async def test_kill9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> Non
     await asyncio.wait_for(asyncio.gather(killer(), *(transmitter(a) for a in ACCOUNTS)), 240)
     assert killed.is_set() and restarted.is_set()
     assert daemon.terminate() == 0
+    # the kill hit a live stream: transmitters had to re-send, and the daemon started twice
+    assert resent >= 1
+    assert daemon.log().count('"alarmd_started"') == 2
 
     conn = sqlite3.connect(daemon.data_dir / "alarmd.sqlite")
     rows = conn.execute("SELECT source, zone FROM events WHERE protocol = 'dc09'").fetchall()
