@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from alarmd import metrics
 from alarmd.model import Event, Flag, Receipt
 from alarmd.store.db import Store
-from alarmd.store.events import Appended, append_job
+from alarmd.store.events import append_job
 
 log = structlog.get_logger(__name__)
 
@@ -61,35 +61,29 @@ class Intake:
     def submit_future(self, events: Sequence[Event]) -> asyncio.Future[Receipt]:
         """``submit`` as a future, for transports that answer from a done-callback.
 
-        The future resolves after the commit and after the listeners have been told; it
-        carries ``StoreError`` if the commit failed.
+        It is the writer's own future: intake's bookkeeping (metrics, listeners) is its first
+        done-callback, so it runs before any callback the caller adds. It carries
+        ``StoreError`` if the commit failed. One future per submission, because at thousands
+        of frames a second every extra future shows.
         """
-        loop = asyncio.get_running_loop()
-        receipt: asyncio.Future[Receipt] = loop.create_future()
         if not events:
-            receipt.set_result(Receipt(event_ids=(), duplicates=0))
-            return receipt
-        tenants = [self._tenant_of(event.protocol, event.source) for event in events]
+            empty: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+            empty.set_result(Receipt(event_ids=(), duplicate=()))
+            return empty
+        tenant_of = self._tenant_of
+        tenants = [tenant_of(event.protocol, event.source) for event in events]
         committed = self._store.writer.enqueue(append_job(events, tenants, self._window))
-        committed.add_done_callback(partial(self._after_commit, events, receipt))
-        return receipt
+        committed.add_done_callback(partial(self._after_commit, events))
+        return committed
 
-    def _after_commit(
-        self,
-        events: Sequence[Event],
-        receipt: asyncio.Future[Receipt],
-        committed: asyncio.Future[Appended],
-    ) -> None:
-        if receipt.done():  # the submitter gave up waiting; the events are stored anyway
+    def _after_commit(self, events: Sequence[Event], committed: asyncio.Future[Receipt]) -> None:
+        if committed.cancelled() or committed.exception() is not None:
             return
-        error = committed.exception()
-        if error is not None:
-            receipt.set_exception(error)
-            return
-        appended = committed.result()
-        result = Receipt(event_ids=appended.ids, duplicates=sum(appended.duplicate))
+        receipt = committed.result()
         fresh: list[Event] = []
-        for event, is_copy, event_id in zip(events, appended.duplicate, appended.ids, strict=True):
+        for event, is_copy, event_id in zip(
+            events, receipt.duplicate, receipt.event_ids, strict=True
+        ):
             if is_copy:
                 _counter(metrics.EVENTS_DUPLICATE, event.protocol).inc()
                 continue
@@ -107,10 +101,9 @@ class Intake:
         if fresh:
             for listener in self._listeners:
                 try:
-                    listener(fresh, result)
+                    listener(fresh, receipt)
                 except Exception:  # a listener's bug must not cost the device its ACK
                     log.exception("intake_listener_failed", listener=repr(listener))
-        receipt.set_result(result)
 
 
 _children: dict[tuple[object, ...], Counter] = {}

@@ -168,4 +168,9 @@ class Receipt:
 
     # one per submitted event: the stored row (for a retransmission, the first copy's row)
     event_ids: tuple[int, ...]
-    duplicates: int  # how many of the submitted events were retransmissions
+    duplicate: tuple[bool, ...]  # one per submitted event: was it a retransmission?
+
+    @property
+    def duplicates(self) -> int:
+        """How many of the submitted events were retransmissions."""
+        return sum(self.duplicate)

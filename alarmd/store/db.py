@@ -266,7 +266,26 @@ class Writer:
             self._conn.execute("ROLLBACK")
 
     def _execute(self, batch: list[_Pending[Any]]) -> list[tuple[bool, Any]]:
-        """Run the batch's jobs inside the open transaction, each in its own savepoint."""
+        """Run the batch's jobs inside the open transaction.
+
+        Optimistic: all jobs under one savepoint. Only if a job fails on its own account is
+        the batch undone and run again with a savepoint per job, so that the failing job
+        fails alone. Two statements fewer per job on the path taken almost always.
+        """
+        conn = self._conn
+        conn.execute("SAVEPOINT batch")
+        try:
+            outcomes = [(True, pending.job(conn)) for pending in batch]
+        except sqlite3.OperationalError:
+            raise  # disk full, I/O error, locked: the whole transaction is suspect
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return self._execute_one_by_one(batch)
+        conn.execute("RELEASE batch")
+        return outcomes
+
+    def _execute_one_by_one(self, batch: list[_Pending[Any]]) -> list[tuple[bool, Any]]:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
         for pending in batch:
@@ -274,7 +293,6 @@ class Writer:
             try:
                 value = pending.job(conn)
             except sqlite3.OperationalError:
-                # disk full, I/O error, locked: the whole transaction is suspect
                 raise
             except Exception as exc:  # this job's own fault: undo it alone
                 conn.execute("ROLLBACK TO job")

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from alarmd.model import Event
+from alarmd.model import Event, Receipt
 from alarmd.store.db import iso, parse_iso
 
 _INSERT = (
@@ -29,19 +29,11 @@ _FIND_COPY = "SELECT id FROM events WHERE dedup_key = ? AND received_at >= ? ORD
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """Result of one append: a row id per event, and which were retransmissions."""
-
-    ids: tuple[int, ...]
-    duplicate: tuple[bool, ...]
-
-
 def append_job(
     events: Sequence[Event],
     tenants: Sequence[str | None],
     dedup_window: timedelta,
-) -> Callable[[sqlite3.Connection], Appended]:
+) -> Callable[[sqlite3.Connection], Receipt]:
     """A writer job that stores ``events`` unless a copy is already stored within the window."""
     rows = []
     for event, tenant in zip(events, tenants, strict=True):
@@ -70,7 +62,7 @@ def append_job(
         )
     horizons = [iso(event.received_at - dedup_window) for event in events]
 
-    def job(conn: sqlite3.Connection) -> Appended:
+    def job(conn: sqlite3.Connection) -> Receipt:
         ids: list[int] = []
         duplicate: list[bool] = []
         for row, horizon in zip(rows, horizons, strict=True):
@@ -84,7 +76,7 @@ def append_job(
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
                 duplicate.append(False)
-        return Appended(tuple(ids), tuple(duplicate))
+        return Receipt(tuple(ids), tuple(duplicate))
 
     return job
 

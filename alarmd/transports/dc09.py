@@ -101,7 +101,8 @@ class Dc09Receiver:
         self._tcp_server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._connections: set[_TcpConnection] = set()
-        self._inflight: set[asyncio.Future[Receipt]] = set()
+        # the writer commits in FIFO order: when the latest commit is done, all earlier are
+        self._latest_commit: asyncio.Future[Receipt] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._draining = False
         self.port = settings.port
@@ -145,10 +146,12 @@ class Dc09Receiver:
             self._tcp_server.close()
         for conn in list(self._connections):
             conn.pause()
-        if self._inflight:
-            _done, pending = await asyncio.wait(set(self._inflight), timeout=drain_seconds)
+        latest = self._latest_commit
+        if latest is not None and not latest.done():
+            _done, pending = await asyncio.wait({latest}, timeout=drain_seconds)
             if pending:
-                log.warning("dc09_drain_timeout", unfinished=len(pending))
+                log.warning("dc09_drain_timeout")
+        await asyncio.sleep(0)  # let the commits' done-callbacks write their ACKs
         for conn in list(self._connections):
             conn.close()
         if self._udp is not None:
@@ -202,8 +205,7 @@ class Dc09Receiver:
         second the task machinery is a large share of the CPU.
         """
         future = self.intake.submit_future(result.events)
-        self._inflight.add(future)
-        future.add_done_callback(self._inflight.discard)
+        self._latest_commit = future
         return future
 
     def committed(self, result: Dc09Result, future: asyncio.Future[Receipt]) -> bool:

@@ -165,12 +165,22 @@ async def test_a_failing_job_fails_alone(store: Store) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO events (id) VALUES (1)")  # violates NOT NULL
 
+    retried: list[int] = []
+    original = store.writer._execute_one_by_one
+
+    def spy(batch):  # type: ignore[no-untyped-def]
+        retried.append(len(batch))
+        return original(batch)
+
+    store.writer._execute_one_by_one = spy  # type: ignore[method-assign]
+
     results = await asyncio.gather(
         intake.submit([make_event(1)]),
         store.writer.submit(bad),
         intake.submit([make_event(2)]),
         return_exceptions=True,
     )
+    assert retried == [3]  # the optimistic batch was undone and run job by job
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert not isinstance(results[0], BaseException)
     assert not isinstance(results[2], BaseException)
