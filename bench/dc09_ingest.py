@@ -7,13 +7,17 @@ What it measures, for 1, 10, 100 and 1,000 persistent TCP connections in a close
 * the server's CPU (utime+stime of its process over the measured interval, % of one core),
 * and, separately, the server's RSS growth per idle connection at 10,000 idle connections.
 
+Each server first gets ``--prewarm`` seconds of untimed load, the same for both: a fresh
+SQLite database is slower for its first thousands of commits while its WAL file grows,
+and a receiver in service runs warm.
+
 alarmd runs as the real daemon (``alarmd run``) with ``synchronous=FULL``: every ACK
 follows a durable commit. The baseline is pysiaalarm (PyPI) in its own virtual
 environment; it ACKs before processing and stores nothing. The load generator runs in
 its own process (so on the other core of a 2-core machine) and is the same for both.
 
 Usage:  .venv/bin/python bench/dc09_ingest.py [--duration 5] [--connections 1,10,100,1000]
-        [--idle 10000] [--skip-baseline]
+        [--idle 10000] [--prewarm 8] [--skip-baseline]
 """
 
 from __future__ import annotations
@@ -311,6 +315,14 @@ def main() -> None:
     parser.add_argument("--hold-idle", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--prewarm",
+        type=float,
+        default=8.0,
+        help="seconds of untimed load at 100 connections before the measured levels "
+        "(a fresh database's WAL grows for its first thousands of commits; a running "
+        "receiver lives in the warm state)",
+    )
     parser.add_argument("--connections", default="1,10,100,1000")
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--skip-baseline", action="store_true")
@@ -329,6 +341,8 @@ def main() -> None:
         for name, start in starters:
             server = start()
             try:
+                if args.prewarm > 0:
+                    run_load(server, 100, args.prewarm, 0.5)
                 results[name] = {
                     "load": [run_load(server, n, args.duration, args.warmup) for n in levels]
                 }
