@@ -20,12 +20,15 @@ import aiosqlite
 from alarmd.model import Event, Receipt
 from alarmd.store.db import iso, parse_iso
 
-_INSERT = (
+# One statement per new event: insert unless a copy is stored within the window. Only a
+# retransmission (rare) costs a second query, to find the row it repeats.
+_INSERT_UNLESS_COPY = (
     "INSERT INTO events (received_at, protocol, source, tenant, kind, category, condition,"
     " priority, code, zone, partition, occurred_at, text, flags, attributes, dedup_key, raw)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE dedup_key = ? AND received_at >= ?)"
 )
-_FIND_COPY = "SELECT id FROM events WHERE dedup_key = ? AND received_at >= ? ORDER BY id LIMIT 1"
+_FIND_COPY = "SELECT min(id) FROM events WHERE dedup_key = ? AND received_at >= ?"
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 
@@ -66,16 +69,16 @@ def append_job(
         ids: list[int] = []
         duplicate: list[bool] = []
         for row, horizon in zip(rows, horizons, strict=True):
-            found = conn.execute(_FIND_COPY, (row[15], horizon)).fetchone()
-            if found is not None:
-                conn.execute(_COUNT_COPY, (found[0],))
-                ids.append(int(found[0]))
-                duplicate.append(True)
-            else:
-                cursor = conn.execute(_INSERT, row)
+            cursor = conn.execute(_INSERT_UNLESS_COPY, (*row, row[15], horizon))
+            if cursor.rowcount == 1:
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
                 duplicate.append(False)
+                continue
+            original = conn.execute(_FIND_COPY, (row[15], horizon)).fetchone()[0]
+            conn.execute(_COUNT_COPY, (original,))
+            ids.append(int(original))
+            duplicate.append(True)
         return Receipt(tuple(ids), tuple(duplicate))
 
     return job
