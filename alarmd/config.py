@@ -295,8 +295,10 @@ class LogConfig(_Section):
     format: Literal["json", "console"] = "json"  # json for journald, console for a terminal
 
 
-class ApiConfig(_Section):
-    listen: ListenAddress = Listen("127.0.0.1", 8780)
+class _Listening(_Section):
+    """A section with a ``listen`` address; ``host`` and ``port`` read it."""
+
+    listen: ListenAddress
 
     @property
     def host(self) -> str:
@@ -305,6 +307,10 @@ class ApiConfig(_Section):
     @property
     def port(self) -> int:
         return self.listen.port
+
+
+class ApiConfig(_Listening):
+    listen: ListenAddress = Listen("127.0.0.1", 8780)
 
 
 class StoreConfig(_Section):
@@ -327,7 +333,7 @@ class TimestampConfig(_Section):
         )
 
 
-class Dc09Config(_Section):
+class Dc09Config(_Listening):
     enabled: StrictBool = True
     listen: ListenAddress = Listen("127.0.0.1", 12128)  # TCP and UDP on the same port
     idle_timeout_s: Annotated[StrictFloat, Field(gt=0)] = 300.0
@@ -336,14 +342,6 @@ class Dc09Config(_Section):
     # 65536 covers the largest length a 0LLL field can state.
     max_frame_bytes: Annotated[StrictInt, Field(ge=64, le=65536)] = MAX_FRAME_BYTES
     timestamp: TimestampConfig = Field(default_factory=TimestampConfig)
-
-    @property
-    def host(self) -> str:
-        return self.listen.host
-
-    @property
-    def port(self) -> int:
-        return self.listen.port
 
 
 def _read_only(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:

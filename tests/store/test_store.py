@@ -43,6 +43,19 @@ async def store(tmp_path: Path):
     await s.close()
 
 
+def spy_batch_sizes(store: Store) -> list[int]:
+    """Record the size of every batch the writer executes."""
+    sizes: list[int] = []
+    original = store.writer._execute
+
+    def spy(batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        return original(batch)
+
+    store.writer._execute = spy  # type: ignore[method-assign]
+    return sizes
+
+
 def tenant_of(protocol: str, source: str) -> str | None:
     return {"1234": "eksempel-kommune"}.get(source)
 
@@ -111,14 +124,7 @@ async def test_concurrent_copies_in_one_batch_give_one_row(store: Store) -> None
 
 async def test_group_commit_batches_concurrent_submits(store: Store) -> None:
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
-    batches: list[int] = []
-    original = store.writer._execute
-
-    def spy(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return original(batch)
-
-    store.writer._execute = spy  # type: ignore[method-assign]
+    batches = spy_batch_sizes(store)
     await asyncio.gather(*(intake.submit([make_event(n)]) for n in range(500)))
     assert sum(batches) == 500
     assert len(batches) < 500 / 5, batches  # many events per commit under load
@@ -129,14 +135,7 @@ async def test_group_commit_batches_concurrent_submits(store: Store) -> None:
 async def test_lone_event_is_committed_without_waiting_for_company(store: Store) -> None:
     """No fixed timer: a single submit completes as soon as its own commit does."""
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
-    batches: list[int] = []
-    original = store.writer._execute
-
-    def spy(batch):  # type: ignore[no-untyped-def]
-        batches.append(len(batch))
-        return original(batch)
-
-    store.writer._execute = spy  # type: ignore[method-assign]
+    batches = spy_batch_sizes(store)
     await intake.submit([make_event(1)])
     assert batches == [1]
 
