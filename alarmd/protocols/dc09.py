@@ -33,10 +33,12 @@ for the transmitter simulator and for round-trip tests.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,7 +47,7 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from alarmd.model import Condition, Event, EventKind, Flag
+from alarmd.model import Condition, Event, EventKind, Flag, Priority
 from alarmd.protocols import contact_id, sia_codes
 
 MAX_FRAME_BYTES = 2048
@@ -150,6 +152,154 @@ class Dc09Reply:
     data: str = ""  # an RSP's data; empty for the others
 
 
+# --- building the frozen results without their __init__ -----------------------------------
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__, which costs
+# about as much as the rest of decoding a frame. These build the same objects by calling
+# the slot descriptors directly. They are used only while the classes have exactly these
+# fields and no __post_init__ (checked here, once); otherwise the ordinary __init__ runs.
+_SlotSetter = Callable[[object, object], None]
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[_SlotSetter, ...] | None:
+    if tuple(f.name for f in dataclasses.fields(cls)) != names:
+        return None
+    if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__"):
+        return None
+    setters = []
+    for name in names:
+        descriptor = cls.__dict__.get(name)
+        if descriptor is None or type(descriptor).__name__ != "member_descriptor":
+            return None
+        setters.append(descriptor.__set__)
+    return tuple(setters)
+
+
+_EVENT_SETTERS = _slot_setters(
+    Event,
+    (
+        "protocol", "source", "kind", "condition", "priority", "received_at", "dedup_key",
+        "raw", "code", "zone", "partition", "occurred_at", "text", "flags", "attributes",
+    ),
+)  # fmt: skip
+_MESSAGE_SETTERS = _slot_setters(
+    Dc09Message,
+    ("token", "encrypted", "seq", "receiver", "line", "account", "data", "xdata", "timestamp"),
+)
+_RESULT_SETTERS = _slot_setters(
+    Dc09Result, ("reply_kind", "reply", "events", "message", "account", "reason")
+)
+_object_new = object.__new__
+
+
+def _new_event(
+    source: str,
+    kind: EventKind,
+    condition: Condition,
+    priority: Priority,
+    received_at: datetime,
+    dedup_key: str,
+    raw: bytes,
+    code: str,
+    zone: str | None,
+    partition: str | None,
+    occurred_at: datetime | None,
+    text: str | None,
+    flags: frozenset[Flag],
+    attributes: Mapping[str, str],
+) -> Event:
+    """``Event(protocol="dc09", ...)`` with every field given, in declaration order."""
+    setters = _EVENT_SETTERS
+    if setters is None:  # pragma: no cover - only if model.Event changed shape
+        return Event(
+            protocol="dc09",
+            source=source,
+            kind=kind,
+            condition=condition,
+            priority=priority,
+            received_at=received_at,
+            dedup_key=dedup_key,
+            raw=raw,
+            code=code,
+            zone=zone,
+            partition=partition,
+            occurred_at=occurred_at,
+            text=text,
+            flags=flags,
+            attributes=attributes,
+        )
+    event: Event = _object_new(Event)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14 = setters
+    s0(event, "dc09")
+    s1(event, source)
+    s2(event, kind)
+    s3(event, condition)
+    s4(event, priority)
+    s5(event, received_at)
+    s6(event, dedup_key)
+    s7(event, raw)
+    s8(event, code)
+    s9(event, zone)
+    s10(event, partition)
+    s11(event, occurred_at)
+    s12(event, text)
+    s13(event, flags)
+    s14(event, attributes)
+    return event
+
+
+def _new_message(
+    token: str,
+    encrypted: bool,
+    seq: str,
+    receiver: str | None,
+    line: str,
+    account: str,
+    data: str,
+    xdata: tuple[tuple[str, str], ...],
+    timestamp: datetime | None,
+) -> Dc09Message:
+    """``Dc09Message(...)`` with every field given, in declaration order."""
+    setters = _MESSAGE_SETTERS
+    if setters is None:  # pragma: no cover - only if Dc09Message changed shape
+        return Dc09Message(token, encrypted, seq, receiver, line, account, data, xdata, timestamp)
+    message: Dc09Message = _object_new(Dc09Message)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = setters
+    s0(message, token)
+    s1(message, encrypted)
+    s2(message, seq)
+    s3(message, receiver)
+    s4(message, line)
+    s5(message, account)
+    s6(message, data)
+    s7(message, xdata)
+    s8(message, timestamp)
+    return message
+
+
+def _new_result(
+    reply_kind: ReplyKind,
+    reply: bytes,
+    events: tuple[Event, ...],
+    message: Dc09Message | None,
+    account: str | None,
+    reason: str | None,
+) -> Dc09Result:
+    """``Dc09Result(...)`` with every field given, in declaration order."""
+    setters = _RESULT_SETTERS
+    if setters is None:  # pragma: no cover - only if Dc09Result changed shape
+        return Dc09Result(reply_kind, reply, events, message, account, reason)
+    result: Dc09Result = _object_new(Dc09Result)
+    s0, s1, s2, s3, s4, s5 = setters
+    s0(result, reply_kind)
+    s1(result, reply)
+    s2(result, events)
+    s3(result, message)
+    s4(result, account)
+    s5(result, reason)
+    return result
+
+
 # --- reasons and what they are answered with ----------------------------------------------
 
 # The envelope failed: we cannot trust any field, so the reply echoes nothing. A NAK makes
@@ -192,16 +342,47 @@ def _crc_table() -> tuple[int, ...]:
 _CRC_TABLE = _crc_table()
 
 
+def _crc_table16(t: tuple[int, ...]) -> list[int]:
+    """The CRC after two bytes, by the 16-bit word they make in native byte order.
+
+    CRC-16 is 16 bits wide, so two bytes XORed into the register replace it entirely:
+    ``crc = table16[crc ^ word]``. 65,536 entries (about 2.3 MB as a list of ints, built
+    in ~10 ms) halve the interpreted loop, which runs over every frame and every reply.
+    """
+    little = sys.byteorder == "little"
+    table = [0] * 65536
+    for first in range(256):
+        c1 = t[first]
+        low, high = c1 & 0xFF, c1 >> 8
+        for second in range(256):
+            word = first | (second << 8) if little else (first << 8) | second
+            table[word] = high ^ t[low ^ second]
+    return table
+
+
+_CRC_TABLE16 = _crc_table16(_CRC_TABLE)
+
+
 def crc16_arc(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/ARC (reflected 0x8005, init 0, no final xor), the DC-09 frame CRC.
 
-    Table-driven: it runs once per frame on the receive path. Note that several public
-    DC-09 parsers use CRC-16/CCITT by mistake; ``crc16_arc(b"123456789") == 0xBB3D``.
+    Table-driven, two bytes a step: it runs once per frame on the receive path. Note that
+    several public DC-09 parsers use CRC-16/CCITT by mistake; ``crc16_arc(b"123456789") ==
+    0xBB3D``.
     """
+    view = memoryview(data)
     crc = 0
-    table = _CRC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    if view.format != "B" or not view.c_contiguous:  # pragma: no cover - exotic views
+        table = _CRC_TABLE
+        for byte in data:
+            crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+        return crc
+    n = len(view)
+    table16 = _CRC_TABLE16
+    for word in view[: n & ~1].cast("H"):
+        crc = table16[crc ^ word]
+    if n & 1:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ view[n - 1]) & 0xFF]
     return crc
 
 
@@ -543,16 +724,16 @@ def _read_message(
             # A receiver that accepts this is a downgrade hole (PROTOCOLS.md 1.4).
             raise Dc09Error("clear_text_for_keyed_account", env.account)
         data, xdata, timestamp = _clear_block(env.rest)
-    message = Dc09Message(
-        token=env.token,
-        encrypted=env.encrypted,
-        seq=env.seq,
-        receiver=env.receiver,
-        line=env.line,
-        account=env.account,
-        data=data,
-        xdata=xdata,
-        timestamp=timestamp,
+    message = _new_message(
+        env.token,
+        env.encrypted,
+        env.seq,
+        env.receiver,
+        env.line,
+        env.account,
+        data,
+        xdata,
+        timestamp,
     )
     return message, account
 
@@ -592,20 +773,32 @@ class _Found(NamedTuple):
     attributes: tuple[tuple[str, str], ...] = ()
 
 
+# What a data block means does not depend on who sent it or when, so the parse of the
+# part after the account is remembered: most traffic repeats a few blocks (periodic tests,
+# the same pendant). Bounded: emptied when full, so hostile variety costs only the parse.
+_MEMO_MAX = 4096
+_CID_MEMO: dict[tuple[str, ...], tuple[_Found, ...]] = {}
+_SIA_MEMO: dict[str, tuple[_Found, ...]] = {}  # block -> events, for blocks without text
+
+
 def _number(text: str) -> str:
     """``"001"`` -> ``"1"``; a non-decimal value (CID allows B-F) is kept as written."""
     return str(int(text)) if text.isdigit() else text.upper()
 
 
-def _cid_events(data: str) -> list[_Found]:
+def _cid_events(data: str) -> tuple[_Found, ...]:
     m = _CID_RE.fullmatch(data)
     if m is None:
         raise Dc09Error("unsupported_data", "not a Contact ID block: " + data[:40])
-    qualifier, code, group, zone = m.groups()
+    groups = m.groups()
+    found = _CID_MEMO.get(groups)
+    if found is not None:
+        return found
+    qualifier, code, group, zone = groups
     row = contact_id.lookup(int(code)) if code.isdigit() else None
     condition = contact_id.QUALIFIERS.get(qualifier)
     known = row is not None and condition is not None
-    return [
+    found = (
         _Found(
             code=f"CID:{qualifier}{code.upper()}",
             kind=row.kind if row is not None else EventKind.OTHER_ALARM,
@@ -614,8 +807,12 @@ def _cid_events(data: str) -> list[_Found]:
             known=known,
             zone=_number(zone),
             partition=_number(group),
-        )
-    ]
+        ),
+    )
+    if len(_CID_MEMO) >= _MEMO_MAX:
+        _CID_MEMO.clear()
+    _CID_MEMO[groups] = found
+    return found
 
 
 def _sia_pieces(block: str) -> list[tuple[str, str, dict[str, str]]] | None:
@@ -642,7 +839,7 @@ def _sia_pieces(block: str) -> list[tuple[str, str, dict[str, str]]] | None:
     return found
 
 
-def _sia_events(data: str) -> list[_Found]:
+def _sia_events(data: str) -> tuple[_Found, ...]:
     parts = data.split("|")
     # "#acct|" or "acct|" (field: no "#") first, unless that hex is an event before "|A<text>"
     if (
@@ -655,6 +852,9 @@ def _sia_events(data: str) -> list[_Found]:
     # "|A<text>": everything after it is text, a "|" in it included
     first_text = next((i for i, p in enumerate(parts) if i and p.startswith("A")), 0)
     text = "|".join(parts[first_text:])[1:] if first_text else None
+    found = _SIA_MEMO.get(block) if text is None else None
+    if found is not None:
+        return found
     pieces = _sia_pieces(block[1:]) if block.startswith("N") else None
     if not pieces:  # no "N", or "N" was the first letter of a code ("NA01" = no activity)
         pieces = _sia_pieces(block)
@@ -676,7 +876,12 @@ def _sia_events(data: str) -> list[_Found]:
                 attributes=tuple(modifiers.items()),
             )
         )
-    return events
+    found = tuple(events)
+    if text is None:
+        if len(_SIA_MEMO) >= _MEMO_MAX:
+            _SIA_MEMO.clear()
+        _SIA_MEMO[block] = found
+    return found
 
 
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
@@ -691,6 +896,10 @@ _FLAGS: Mapping[tuple[bool, bool, bool], frozenset[Flag]] = {
     for s in (False, True)
     for c in (False, True)
 }
+# The taxonomy's properties as plain dicts: a property call per event is measurable here.
+_PRIORITY: Mapping[EventKind, Priority] = {kind: kind.default_priority for kind in EventKind}
+_ALARM_KINDS = frozenset(kind for kind in EventKind if kind.category == "alarm")
+_blake2b = hashlib.blake2b
 
 
 def _events(
@@ -700,46 +909,51 @@ def _events(
     now: datetime,
     stale: bool,
 ) -> tuple[Event, ...]:
-    if message.token == _NULL:
+    token = message.token
+    if token == _NULL:
         return ()  # a link test: any payload is ignored (PROTOCOLS.md 1.3)
-    cid = message.token == _ADM_CID
-    found = _cid_events(message.data) if cid else _sia_events(message.data)
+    data = message.data
+    found = _cid_events(data) if token == _ADM_CID else _sia_events(data)
     unregistered = account is None
+    xdata = message.xdata
     # The key names the transmission, not the attempt: a re-send after a NAK or a lost ACK
     # has a new timestamp and pad but the same seq and content (DESIGN.md invariant 2).
-    xdata_text = "".join(f"[{letter}{value}]" for letter, value in message.xdata)
-    digest = hashlib.blake2b(
-        f"{message.token}\x1f{message.data}\x1f{xdata_text}".encode("utf-8", "surrogatepass"),
-        digest_size=8,
+    xdata_text = "".join(f"[{letter}{value}]" for letter, value in xdata) if xdata else ""
+    digest = _blake2b(
+        f"{token}\x1f{data}\x1f{xdata_text}".encode("utf-8", "surrogatepass"), digest_size=8
     ).hexdigest()
-    key_prefix = f"dc09:{message.account}:{message.seq}:{digest}#"
+    source = message.account
+    key_prefix = f"dc09:{source}:{message.seq}:{digest}#"
     zone_kinds = account.zone_kinds if account is not None else None
+    occurred_at = message.timestamp
     events = []
     for i, f in enumerate(found):
         kind = f.kind
-        if zone_kinds and f.zone is not None and f.zone.isdigit() and kind.category == "alarm":
-            kind = zone_kinds.get(int(f.zone), kind)
-        if message.xdata or f.attributes:
-            attributes: Mapping[str, str] = MappingProxyType(dict(message.xdata + f.attributes))
+        priority = _PRIORITY[kind]
+        zone = f.zone
+        if zone_kinds and zone is not None and zone.isdigit() and kind in _ALARM_KINDS:
+            kind = zone_kinds.get(int(zone), kind)
+            priority = kind.default_priority
+        if xdata or f.attributes:
+            attributes: Mapping[str, str] = MappingProxyType(dict(xdata + f.attributes))
         else:
             attributes = _NO_ATTRIBUTES
         events.append(
-            Event(
-                protocol="dc09",
-                source=message.account,
-                kind=kind,
-                condition=f.condition,
-                priority=kind.default_priority,
-                received_at=now,
-                dedup_key=f"{key_prefix}{i}",
-                raw=frame,
-                code=f.code,
-                zone=f.zone,
-                partition=f.partition,
-                occurred_at=message.timestamp,
-                text=f.text,
-                flags=_FLAGS[unregistered, stale, not f.known],
-                attributes=attributes,
+            _new_event(
+                source,
+                kind,
+                f.condition,
+                priority,
+                now,
+                f"{key_prefix}{i}",
+                frame,
+                f.code,
+                zone,
+                f.partition,
+                occurred_at,
+                f.text,
+                _FLAGS[unregistered, stale, not f.known],
+                attributes,
             )
         )
     return tuple(events)
@@ -926,6 +1140,84 @@ def handle_frame(
       ``UNREGISTERED``: an alarm is never dropped.
     """
     now = _utc(now)
+    if type(frame) is bytes:
+        text = frame.decode("latin-1")  # one char per byte: offsets are the same
+        m = _CLEAR_FRAME_RE.fullmatch(text)
+        if (
+            m is not None
+            and int(m[2], 16) == len(frame) - 10
+            and crc16_arc(frame[9:-1]) == int(m[1], 16)
+        ):
+            return _handle_clear(m, text, frame, now, accounts, policy)
+    return _handle_any(frame, now, accounts, policy, randbytes)
+
+
+# The common frame, whole: LF, hex CRC, length, a clear message with an account, a data
+# block of ASCII text, an optional timestamp, CR. Everything else (encrypted, xdata, a
+# binary CRC, 8-bit text, separators around the frame, any error) takes the general path,
+# which gives the same result for these frames (a property test holds them to it).
+_CLEAR_FRAME_RE = re.compile(
+    r"\n([0-9A-Fa-f]{4})0([0-9A-Fa-f]{3})"
+    r'"(SIA-DCS|ADM-CID|NULL)'
+    r'("(\d{4})(?:R([0-9A-Fa-f]{1,6}))?L([0-9A-Fa-f]{1,6})#([0-9A-Fa-f]{3,16})\[)'
+    r"([^\[\]\x80-\xff]*)\]"
+    r"(?:_(\d\d):(\d\d):(\d\d),(\d\d)-(\d\d)-(\d{4}))?"
+    r"\r",
+    re.ASCII,
+)
+_ACK_PREFIX = b'"ACK'
+
+
+def _handle_clear(
+    m: re.Match[str],
+    text: str,
+    frame: bytes,
+    now: datetime,
+    accounts: AccountLookup,
+    policy: TimestampPolicy,
+) -> Dc09Result:
+    """``_handle_any`` for a frame ``_CLEAR_FRAME_RE`` matched, length and CRC checked."""
+    _crc, _length, token, _header, seq, receiver, line, account_raw, data, hh, *_date = m.groups()
+    account_id = account_raw.upper()
+    message: Dc09Message | None = None
+    try:
+        account = accounts(account_id)
+        if account is not None and account.key is not None:
+            # A receiver that accepts this is a downgrade hole (PROTOCOLS.md 1.4).
+            raise Dc09Error("clear_text_for_keyed_account", account_id)
+        timestamp = None
+        stale = False
+        if hh is not None:
+            timestamp = _parse_timestamp(text[m.start(10) : m.end(15)])
+        message = _new_message(token, False, seq, receiver, line, account_id, data, (), timestamp)
+        if timestamp is not None:
+            skew = timestamp - now
+            if skew > policy.ahead or -skew > policy.behind:
+                if policy.stale_clear_text is StalePolicy.NAK:
+                    raise Dc09Error("timestamp", f"device time {skew.total_seconds():+.0f} s off")
+                stale = True
+        events = _events(message, account, frame, now, stale)
+        # The ACK echoes the header as received: '"ACK' + '"seq[Rr]Ll#acct[' + ']'.
+        reply = _wrap(_ACK_PREFIX + frame[m.start(4) : m.end(4)] + b"]")
+        return _new_result(ReplyKind.ACK, reply, events, message, account_id, None)
+    except Dc09Error as error:
+        rest = text[m.end(4) : -1]
+        env = _Envelope(False, token, seq, receiver, line, account_raw, account_id, rest)
+        return _refuse(error, env, now, message)
+    except Exception:  # a bug must not take the connection down; the device re-sends
+        return Dc09Result(
+            ReplyKind.NONE, b"", message=message, account=account_id, reason="internal_error"
+        )
+
+
+def _handle_any(
+    frame: bytes,
+    now: datetime,
+    accounts: AccountLookup,
+    policy: TimestampPolicy,
+    randbytes: Callable[[int], bytes],
+) -> Dc09Result:
+    """``handle_frame`` for any frame (``now`` already UTC)."""
     env: _Envelope | None = None
     message: Dc09Message | None = None
     try:
@@ -941,7 +1233,7 @@ def handle_frame(
         events = _events(message, account, frame, now, stale)
         key = account.key if message.encrypted and account is not None else None
         reply = _echo("ACK", env, key=key, now=now, randbytes=randbytes)
-        return Dc09Result(ReplyKind.ACK, reply, events, message, account=message.account)
+        return _new_result(ReplyKind.ACK, reply, events, message, message.account, None)
     except Dc09Error as error:
         return _refuse(error, env, now, message)
     except Exception:  # a bug must not take the connection down; the device re-sends
