@@ -38,7 +38,7 @@ import enum
 import hashlib
 import os
 import re
-import sys
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -343,24 +343,32 @@ _CRC_TABLE = _crc_table()
 
 
 def _crc_table16(t: tuple[int, ...]) -> list[int]:
-    """The CRC after two bytes, by the 16-bit word they make in native byte order.
+    """The CRC after two bytes, by the little-endian 16-bit word they make.
 
     CRC-16 is 16 bits wide, so two bytes XORed into the register replace it entirely:
     ``crc = table16[crc ^ word]``. 65,536 entries (about 2.3 MB as a list of ints, built
     in ~10 ms) halve the interpreted loop, which runs over every frame and every reply.
     """
-    little = sys.byteorder == "little"
     table = [0] * 65536
     for first in range(256):
         c1 = t[first]
         low, high = c1 & 0xFF, c1 >> 8
         for second in range(256):
-            word = first | (second << 8) if little else (first << 8) | second
-            table[word] = high ^ t[low ^ second]
+            table[first | (second << 8)] = high ^ t[low ^ second]
     return table
 
 
 _CRC_TABLE16 = _crc_table16(_CRC_TABLE)
+_Unpacker = Callable[[bytes | bytearray | memoryview, int], tuple[int, ...]]
+_WORDS: dict[int, _Unpacker] = {}  # n -> reads n little-endian 16-bit words at an offset
+_WORDS_CACHED = MAX_FRAME_BYTES  # up to twice the largest frame
+
+
+def _words(n: int) -> _Unpacker:
+    unpack: _Unpacker = struct.Struct(f"<{n}H").unpack_from
+    if n <= _WORDS_CACHED:
+        _WORDS[n] = unpack
+    return unpack
 
 
 def crc16_arc(data: bytes | bytearray | memoryview) -> int:
@@ -370,19 +378,24 @@ def crc16_arc(data: bytes | bytearray | memoryview) -> int:
     several public DC-09 parsers use CRC-16/CCITT by mistake; ``crc16_arc(b"123456789") ==
     0xBB3D``.
     """
-    view = memoryview(data)
-    crc = 0
-    if view.format != "B" or not view.c_contiguous:  # pragma: no cover - exotic views
-        table = _CRC_TABLE
-        for byte in data:
+    if isinstance(data, memoryview) and (data.format != "B" or not data.c_contiguous):
+        crc = 0  # pragma: no cover - exotic views: byte by byte, as they iterate
+        table = _CRC_TABLE  # pragma: no cover
+        for byte in data:  # pragma: no cover
             crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-        return crc
-    n = len(view)
+        return crc  # pragma: no cover
+    return _crc_at(0, data, 0, len(data))
+
+
+def _crc_at(crc: int, buf: bytes | bytearray | memoryview, start: int, stop: int) -> int:
+    """The CRC register after ``buf[start:stop]``, from ``crc`` (what came before)."""
+    n = stop - start
+    half = n >> 1
     table16 = _CRC_TABLE16
-    for word in view[: n & ~1].cast("H"):
+    for word in (_WORDS.get(half) or _words(half))(buf, start):
         crc = table16[crc ^ word]
     if n & 1:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ view[n - 1]) & 0xFF]
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ buf[stop - 1]) & 0xFF]
     return crc
 
 
@@ -777,7 +790,7 @@ class _Found(NamedTuple):
 # part after the account is remembered: most traffic repeats a few blocks (periodic tests,
 # the same pendant). Bounded: emptied when full, so hostile variety costs only the parse.
 _MEMO_MAX = 4096
-_CID_MEMO: dict[tuple[str, ...], tuple[_Found, ...]] = {}
+_CID_MEMO: dict[str, tuple[_Found, ...]] = {}
 _SIA_MEMO: dict[str, tuple[_Found, ...]] = {}  # block -> events, for blocks without text
 
 
@@ -790,11 +803,11 @@ def _cid_events(data: str) -> tuple[_Found, ...]:
     m = _CID_RE.fullmatch(data)
     if m is None:
         raise Dc09Error("unsupported_data", "not a Contact ID block: " + data[:40])
-    groups = m.groups()
-    found = _CID_MEMO.get(groups)
+    memo_key = data[m.start(1) : m.end(4)]  # "QEEE GG ZZZ": the groups, and only them
+    found = _CID_MEMO.get(memo_key)
     if found is not None:
         return found
-    qualifier, code, group, zone = groups
+    qualifier, code, group, zone = m.groups()
     row = contact_id.lookup(int(code)) if code.isdigit() else None
     condition = contact_id.QUALIFIERS.get(qualifier)
     known = row is not None and condition is not None
@@ -811,7 +824,7 @@ def _cid_events(data: str) -> tuple[_Found, ...]:
     )
     if len(_CID_MEMO) >= _MEMO_MAX:
         _CID_MEMO.clear()
-    _CID_MEMO[groups] = found
+    _CID_MEMO[memo_key] = found
     return found
 
 
@@ -850,8 +863,11 @@ def _sia_events(data: str) -> tuple[_Found, ...]:
         parts = parts[1:]
     block = parts[0].strip()
     # "|A<text>": everything after it is text, a "|" in it included
-    first_text = next((i for i, p in enumerate(parts) if i and p.startswith("A")), 0)
-    text = "|".join(parts[first_text:])[1:] if first_text else None
+    text = None
+    for i in range(1, len(parts)):
+        if parts[i].startswith("A"):
+            text = "|".join(parts[i:])[1:]
+            break
     found = _SIA_MEMO.get(block) if text is None else None
     if found is not None:
         return found
@@ -896,6 +912,10 @@ _FLAGS: Mapping[tuple[bool, bool, bool], frozenset[Flag]] = {
     for s in (False, True)
     for c in (False, True)
 }
+# (unregistered, stale) -> (flags of a known code, flags of an unknown one)
+_FLAG_PAIRS: Mapping[tuple[bool, bool], tuple[frozenset[Flag], frozenset[Flag]]] = {
+    (u, s): (_FLAGS[u, s, False], _FLAGS[u, s, True]) for u in (False, True) for s in (False, True)
+}
 # The taxonomy's properties as plain dicts: a property call per event is measurable here.
 _PRIORITY: Mapping[EventKind, Priority] = {kind: kind.default_priority for kind in EventKind}
 _ALARM_KINDS = frozenset(kind for kind in EventKind if kind.category == "alarm")
@@ -914,45 +934,51 @@ def _events(
         return ()  # a link test: any payload is ignored (PROTOCOLS.md 1.3)
     data = message.data
     found = _cid_events(data) if token == _ADM_CID else _sia_events(data)
-    unregistered = account is None
     xdata = message.xdata
     # The key names the transmission, not the attempt: a re-send after a NAK or a lost ACK
     # has a new timestamp and pad but the same seq and content (DESIGN.md invariant 2).
     xdata_text = "".join(f"[{letter}{value}]" for letter, value in xdata) if xdata else ""
-    digest = _blake2b(
-        f"{token}\x1f{data}\x1f{xdata_text}".encode("utf-8", "surrogatepass"), digest_size=8
-    ).hexdigest()
+    keyed = f"{token}\x1f{data}\x1f{xdata_text}"
+    try:
+        keyed_bytes = keyed.encode()  # the same bytes, when there is no lone surrogate
+    except UnicodeEncodeError:
+        keyed_bytes = keyed.encode("utf-8", "surrogatepass")
+    digest = _blake2b(keyed_bytes, digest_size=8).hexdigest()
     source = message.account
     key_prefix = f"dc09:{source}:{message.seq}:{digest}#"
-    zone_kinds = account.zone_kinds if account is not None else None
+    if account is None:
+        zone_kinds = None
+        flags_known, flags_unknown = _FLAG_PAIRS[True, stale]
+    else:
+        zone_kinds = account.zone_kinds
+        flags_known, flags_unknown = _FLAG_PAIRS[False, stale]
     occurred_at = message.timestamp
     events = []
     for i, f in enumerate(found):
-        kind = f.kind
+        code, kind, condition, known, zone, partition, text, f_attributes = f
         priority = _PRIORITY[kind]
-        zone = f.zone
         if zone_kinds and zone is not None and zone.isdigit() and kind in _ALARM_KINDS:
             kind = zone_kinds.get(int(zone), kind)
             priority = kind.default_priority
-        if xdata or f.attributes:
-            attributes: Mapping[str, str] = MappingProxyType(dict(xdata + f.attributes))
+        if xdata or f_attributes:
+            attributes: Mapping[str, str] = MappingProxyType(dict(xdata + f_attributes))
         else:
             attributes = _NO_ATTRIBUTES
         events.append(
             _new_event(
                 source,
                 kind,
-                f.condition,
+                condition,
                 priority,
                 now,
                 f"{key_prefix}{i}",
                 frame,
-                f.code,
+                code,
                 zone,
-                f.partition,
+                partition,
                 occurred_at,
-                f.text,
-                _FLAGS[unregistered, stale, not f.known],
+                text,
+                flags_known if known else flags_unknown,
                 attributes,
             )
         )
@@ -965,8 +991,9 @@ def _events(
 def _wrap(body: bytes, binary_crc: bool = False) -> bytes:
     """LF + CRC + length + body + CR."""
     crc = crc16_arc(body)
-    crc_field = crc.to_bytes(2, "big") if binary_crc else b"%04X" % crc
-    return b"\n" + crc_field + b"%04X" % len(body) + body + b"\r"
+    if binary_crc:
+        return b"\n" + crc.to_bytes(2, "big") + b"%04X" % len(body) + body + b"\r"
+    return b"\n%04X%04X%b\r" % (crc, len(body), body)
 
 
 def _body(
@@ -1143,12 +1170,18 @@ def handle_frame(
     if type(frame) is bytes:
         text = frame.decode("latin-1")  # one char per byte: offsets are the same
         m = _CLEAR_FRAME_RE.fullmatch(text)
-        if (
-            m is not None
-            and int(m[2], 16) == len(frame) - 10
-            and crc16_arc(frame[9:-1]) == int(m[1], 16)
-        ):
-            return _handle_clear(m, text, frame, now, accounts, policy)
+        if m is not None and int(m[2], 16) == len(frame) - 10:
+            # The CRC in two steps, to have the register after the header for the ACK.
+            token = m[3]
+            start, end = m.span(4)
+            after_header = _crc_at(_TOKEN_CRC[token], frame, start, end)
+            if _crc_at(after_header, frame, end, len(frame) - 1) == int(m[1], 16):
+                # The ACK body is '"ACK' + the same header + ']'. CRC-16 is linear, so its
+                # register after the header differs from the frame's by a constant that
+                # depends only on the two prefixes and the header's length.
+                ack = after_header ^ _ACK_SHIFT[token][end - start]
+                ack = (ack >> 8) ^ _CRC_TABLE[(ack ^ 0x5D) & 0xFF]  # "]"
+                return _handle_clear(m, text, frame, ack, now, accounts, policy)
     return _handle_any(frame, now, accounts, policy, randbytes)
 
 
@@ -1165,19 +1198,29 @@ _CLEAR_FRAME_RE = re.compile(
     r"\r",
     re.ASCII,
 )
+_MAX_HEADER = 1 + 4 + 7 + 7 + 17 + 1  # '"seq' Rrrrrrr Lllllll #acct(16) '[', as above
 _ACK_PREFIX = b'"ACK'
+_TOKEN_CRC = {token: crc16_arc(b'"' + token.encode()) for token in (_ADM_CID, "SIA-DCS", _NULL)}
+# [token][n]: the register after n zero bytes from the difference of the two prefixes.
+_ACK_SHIFT = {
+    token: tuple(
+        _crc_at(crc ^ crc16_arc(_ACK_PREFIX), bytes(n), 0, n) for n in range(_MAX_HEADER + 1)
+    )
+    for token, crc in _TOKEN_CRC.items()
+}
 
 
 def _handle_clear(
     m: re.Match[str],
     text: str,
     frame: bytes,
+    ack_crc: int,
     now: datetime,
     accounts: AccountLookup,
     policy: TimestampPolicy,
 ) -> Dc09Result:
     """``_handle_any`` for a frame ``_CLEAR_FRAME_RE`` matched, length and CRC checked."""
-    _crc, _length, token, _header, seq, receiver, line, account_raw, data, hh, *_date = m.groups()
+    token, seq, receiver, line, account_raw, data, hh = m.group(3, 5, 6, 7, 8, 9, 10)
     account_id = account_raw.upper()
     message: Dc09Message | None = None
     try:
@@ -1198,7 +1241,8 @@ def _handle_clear(
                 stale = True
         events = _events(message, account, frame, now, stale)
         # The ACK echoes the header as received: '"ACK' + '"seq[Rr]Ll#acct[' + ']'.
-        reply = _wrap(_ACK_PREFIX + frame[m.start(4) : m.end(4)] + b"]")
+        start, end = m.span(4)
+        reply = b'\n%04X%04X"ACK%b]\r' % (ack_crc, end - start + 5, frame[start:end])
         return _new_result(ReplyKind.ACK, reply, events, message, account_id, None)
     except Dc09Error as error:
         rest = text[m.end(4) : -1]
