@@ -510,6 +510,9 @@ _HEX_CRC_HEADER: tuple[frozenset[int] | None, ...] = (
 _BIN_CRC_HEADER: tuple[frozenset[int] | None, ...] = (None, None, _ZERO, _HEX, _HEX, _HEX, _QUOTE)
 
 
+_COMMON_HEADER_RE = re.compile(rb'\n[0-9A-Fa-f]{4}0[0-9A-Fa-f]{3}"')  # the usual hex-CRC case
+
+
 def _match(buf: bytes | bytearray, lf: int, pattern: tuple[frozenset[int] | None, ...]) -> int:
     """1 if ``pattern`` follows the LF at ``lf``, -1 if it cannot, 0 if more bytes are needed."""
     n = len(buf)
@@ -530,9 +533,9 @@ def _header_at(buf: bytes | bytearray, lf: int) -> int:
     other (a full match of one puts a quote where the other needs a hex digit), so the
     answer never depends on how the bytes were split into reads.
     """
-    hex_crc = _match(buf, lf, _HEX_CRC_HEADER)
-    if hex_crc == 1:
+    if _COMMON_HEADER_RE.match(buf, lf) is not None:  # the usual case, in one C call
         return lf + 9
+    hex_crc = _match(buf, lf, _HEX_CRC_HEADER)  # not 1: the regex above is this pattern
     bin_crc = _match(buf, lf, _BIN_CRC_HEADER)
     if bin_crc == 1:
         return lf + 7
@@ -574,7 +577,6 @@ def _decode_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-_COMMON_HEADER_RE = re.compile(rb'\n[0-9A-Fa-f]{4}0[0-9A-Fa-f]{3}"')  # the usual hex-CRC case
 _FRAME_END = b"\x00\r\n"  # CR, CRLF, trailing NULs
 
 
@@ -1328,6 +1330,24 @@ class Dc09Framer:
 
     def feed(self, data: bytes) -> list[bytes | Dc09Error]:
         """Add bytes from the stream; return the frames and errors they complete, in order."""
+        # The usual read: exactly one whole frame (hex CRC, one CR, at its end), nothing
+        # pending. The general loop below would return it as it is and keep nothing.
+        n = len(data)
+        if (
+            not self._buf
+            and n <= self._max
+            and type(data) is bytes
+            and not self._garbage
+            and not self._discarding
+            and not self._scan_from
+            and _COMMON_HEADER_RE.match(data) is not None
+            and data.find(b"\r", 10) == n - 1
+            and data.find(b"\n", 10, n) < 0
+        ):
+            return [data]
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> list[bytes | Dc09Error]:
         buf = self._buf
         buf += data
         out: list[bytes | Dc09Error] = []

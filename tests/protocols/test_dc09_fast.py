@@ -248,3 +248,34 @@ def test_event_memos_are_bounded_and_do_not_change_results() -> None:
         dc09._sia_events(f"NMA{zone}")
     assert len(dc09._CID_MEMO) <= dc09._MEMO_MAX
     assert len(dc09._SIA_MEMO) <= dc09._MEMO_MAX
+
+
+_pieces = st.one_of(
+    st.builds(
+        lambda seq, data: encode_message("ADM-CID", seq, "1234", data, line="1"),
+        st.integers(0, 9999),
+        st.sampled_from(["#1234|1100 01 001", "#1234|1602 00 000", ""]),
+    ),
+    st.builds(lambda n: encode_message("NULL", n, "1234", "", binary_crc=True), st.integers(0, 99)),
+    st.sampled_from([b"\r\n", b"\x00", b"junk", b"\n", b"\r", b"\n0000", b"\n12340010"]),
+    st.binary(max_size=20),
+)
+
+
+@given(
+    st.lists(st.lists(_pieces, max_size=3), max_size=6),
+    st.sampled_from([dc09.MAX_FRAME_BYTES, 40, 16]),
+)
+@settings(max_examples=FUZZ_EXAMPLES)
+def test_framer_whole_frame_shortcut_gives_what_the_loop_gives(
+    reads: list[list[bytes]], max_frame_bytes: int
+) -> None:
+    fast = dc09.Dc09Framer(max_frame_bytes)
+    general = dc09.Dc09Framer(max_frame_bytes)
+    for read in reads:
+        chunk = b"".join(read)
+        got = fast.feed(chunk)
+        want = general._feed(chunk)
+        assert [(type(x), str(x)) for x in got] == [(type(x), str(x)) for x in want]
+        assert [x for x in got if isinstance(x, bytes)] == [x for x in want if isinstance(x, bytes)]
+        assert fast.pending == general.pending
