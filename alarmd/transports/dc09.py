@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from alarmd.protocols.dc09 import (
     handle_frame,
 )
 from alarmd.store.db import StoreError
+from alarmd.transports.listener import BurstListener
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,7 @@ class Dc09Receiver:
         self.policy = policy
         self.settings = settings
         self.randbytes = randbytes
-        self._tcp_server: asyncio.Server | None = None
+        self._listener: BurstListener | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._connections: set[_TcpConnection] = set()
         # the writer commits in FIFO order: when the latest commit is done, all earlier are
@@ -114,36 +114,33 @@ class Dc09Receiver:
         loop = asyncio.get_running_loop()
         host = self.settings.host
         for _attempt in range(20):
-            self._tcp_server = await loop.create_server(
-                lambda: _TcpConnection(self),
-                host,
-                self.settings.port,
-                reuse_address=True,
-                backlog=4096,
+            listener = BurstListener(
+                host, self.settings.port, lambda: _TcpConnection(self), name="dc09"
             )
-            self.port = self._tcp_server.sockets[0].getsockname()[1]
+            self.port = listener.open()
             try:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: _UdpProtocol(self), local_addr=(host, self.port)
                 )
             except OSError:
+                listener.close()
                 if self.settings.port != 0:
                     raise
-                # the ephemeral TCP port is taken for UDP: try another one
-                self._tcp_server.close()
-                continue
+                continue  # the ephemeral TCP port is taken for UDP: try another one
+            self._listener = listener
             self._udp = transport
             break
         else:
             raise OSError("could not bind DC-09 TCP and UDP to one ephemeral port")
+        self._listener.start()
         self._sweeper = loop.create_task(self._sweep_idle(), name="dc09-idle-sweep")
         log.info("dc09_listening", host=host, port=self.port, transports="tcp+udp")
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop accepting, let in-flight commits finish and their replies go out, then close."""
         self._draining = True
-        if self._tcp_server is not None:
-            self._tcp_server.close()
+        if self._listener is not None:
+            self._listener.close()
         for conn in list(self._connections):
             conn.pause()
         latest = self._latest_commit
@@ -158,8 +155,6 @@ class Dc09Receiver:
             self._udp.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._tcp_server is not None:
-            await self._tcp_server.wait_closed()
 
     @property
     def connection_count(self) -> int:
@@ -275,10 +270,7 @@ class _TcpConnection(asyncio.Protocol):
             log.warning("dc09_connection_refused", peer=str(self.peer))
             self._transport.abort()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        receiver._connections.add(self)
+        receiver._connections.add(self)  # TCP_NODELAY: set by the listener at accept
         metrics.DC09_CONNECTIONS.set(len(receiver._connections))
 
     def connection_lost(self, exc: Exception | None) -> None:
