@@ -34,13 +34,13 @@ from functools import partial
 from typing import cast
 
 import structlog
-from prometheus_client import Counter
 
 from alarmd import metrics
 from alarmd.clock import Clock
 from alarmd.intake import Intake
 from alarmd.model import Receipt
 from alarmd.protocols.dc09 import (
+    MAX_FRAME_BYTES,
     AccountLookup,
     Dc09Error,
     Dc09Framer,
@@ -66,17 +66,13 @@ _FRAMES = {
 }
 
 
-def _frames_counter(transport: str, kind: ReplyKind) -> Counter:
-    return _FRAMES[(transport, kind)]
-
-
 @dataclass(frozen=True, slots=True)
 class Dc09Settings:
     host: str = "127.0.0.1"
     port: int = 12128
     idle_timeout: float = 300.0
     max_connections: int = 20000
-    max_frame_bytes: int = 2048
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 class Dc09Receiver:
@@ -170,7 +166,7 @@ class Dc09Receiver:
             policy=self.policy,
             randbytes=self.randbytes,
         )
-        _frames_counter(transport_name, result.reply_kind).inc()
+        _FRAMES[(transport_name, result.reply_kind)].inc()
         if result.reply_kind is not ReplyKind.ACK:
             metrics.DC09_REJECTED.labels(result.reason or "unknown").inc()
             log.warning(
