@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
 from alarmd import metrics
 from alarmd.clock import FakeClock
@@ -189,11 +190,21 @@ async def test_clear_text_refused_for_keyed_account(stack: Stack) -> None:
     writer.close()
 
 
-async def test_encrypted_from_unknown_account_gets_duh(stack: Stack) -> None:
+async def test_encrypted_from_unknown_account_gets_duh_a_metric_and_the_raw_hex(
+    stack: Stack,
+) -> None:
+    rejected = metrics.DC09_REJECTED.labels("unknown_account_encrypted")
+    before = rejected._value.get()
+    frame = cid("ABCD", 1, key=KEY128, timestamp=NOW)
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
-    writer.write(cid("ABCD", 1, key=KEY128, timestamp=NOW))
-    assert parse_reply(await read_reply(reader)).kind == "DUH"
+    with structlog.testing.capture_logs() as logs:
+        writer.write(frame)
+        assert parse_reply(await read_reply(reader)).kind == "DUH"
     assert stack.stored() == []
+    assert rejected._value.get() == before + 1
+    [line] = [entry for entry in logs if entry["event"] == "dc09_frame_rejected"]
+    assert line["raw_hex"] == frame.hex()
+    assert line["reason"] == "unknown_account_encrypted"
     writer.close()
 
 
