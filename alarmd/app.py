@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ log = structlog.get_logger(__name__)
 
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 RUN_FILE = "run.json"
+
+
+class StartupError(Exception):
+    """alarmd cannot start (a port in use, a data directory it cannot write); says why."""
 
 
 class Daemon:
@@ -90,7 +95,10 @@ class Daemon:
         store_path = Path(config.store.path)
         if not store_path.is_absolute():
             store_path = self.data_dir / store_path
-        self.store = await Store.open(store_path)
+        try:
+            self.store = await Store.open(store_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the store {store_path}: {exc}") from exc
         await self._ensure_admin_token()
 
         self.intake = Intake(
@@ -101,7 +109,13 @@ class Daemon:
         self.api = ApiServer(
             ApiContext(store=self.store, health=self.health), config.api.host, config.api.port
         )
-        await self.api.start()
+        try:
+            await self.api.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for the API on {config.api.host}:{config.api.port}: "
+                f"{exc.strerror or exc} (is another alarmd running? see api.listen)"
+            ) from exc
 
         if config.dc09.enabled:
             _raise_fd_limit(config.dc09.max_connections + 1024)
@@ -118,7 +132,13 @@ class Daemon:
                     max_frame_bytes=config.dc09.max_frame_bytes,
                 ),
             )
-            await self.dc09.start()
+            try:
+                await self.dc09.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for DC-09 on {config.dc09.host}:{config.dc09.port} (TCP and"
+                    f" UDP): {exc.strerror or exc} (is another receiver running? see dc09.listen)"
+                ) from exc
         self._write_run_file()
         # Everything built so far (configuration, accounts, modules) lives as long as the
         # daemon: move it out of the collector's sight so collections stay cheap.
@@ -141,10 +161,13 @@ class Daemon:
         log.info("alarmd_stopping")
         if self.dc09 is not None:
             await self.dc09.stop()
+            self.dc09 = None
         if self.api is not None:
             await self.api.stop()
+            self.api = None
         if self.store is not None:
             await self.store.close()
+            self.store = None
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / RUN_FILE).unlink()
         log.info("alarmd_stopped")
@@ -155,7 +178,11 @@ class Daemon:
     async def run(self) -> None:
         """Start, tell systemd we are ready, serve until SIGTERM/SIGINT, then stop cleanly."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # release what did start (ports, the store) before reporting
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)

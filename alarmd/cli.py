@@ -67,7 +67,7 @@ def _check_config(path: Path) -> int:
 
 def _run(config_path: Path | None, data_dir: Path | None) -> int:
     from alarmd import log
-    from alarmd.app import Daemon
+    from alarmd.app import Daemon, StartupError
     from alarmd.config import ConfigError, default_config_path, load_config
 
     if config_path is None:
@@ -82,7 +82,11 @@ def _run(config_path: Path | None, data_dir: Path | None) -> int:
         return 2
     log.configure(config.log.level, config.log.format)
     directory = data_dir or Path(config.data_dir)
-    run_async(Daemon(config, directory, config_path=config_path).run())
+    try:
+        run_async(Daemon(config, directory, config_path=config_path).run())
+    except StartupError as exc:
+        print(f"alarmd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,6 +39,7 @@ class DaemonProcess:
     def __init__(
         self, workdir: Path, dc09_port: int | None = None, accounts: Path = EXAMPLE_ACCOUNTS
     ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.dc09_port = dc09_port or free_port()

@@ -220,3 +220,28 @@ def test_sighup_reloads_accounts_and_keeps_the_old_config_when_the_new_one_fails
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
+
+
+def test_a_port_in_use_is_a_clear_error_and_the_running_daemon_is_unaffected(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    second = DaemonProcess(tmp_path / "second", dc09_port=daemon.dc09_port)
+    result = subprocess.run(
+        [
+            str(BIN / "alarmd"),
+            "run",
+            "--config",
+            str(second.config),
+            "--data-dir",
+            str(second.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert f"cannot listen for DC-09 on 127.0.0.1:{daemon.dc09_port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    sim = daemon.alarmctl("simulate", "dc09", "--port", str(daemon.dc09_port), "--account", "1234")
+    assert sim.returncode == 0, sim.stdout + sim.stderr
