@@ -47,15 +47,17 @@ Intervals, not minute scans
     windows is a few thousand intervals, not half a million minutes.
 
 Public holidays
-    From the ``holidays`` package (``country_holidays("NO")``). For years that package's
-    ``Norway`` counted *every Sunday* as a holiday (``include_sundays=True`` was the
-    default from 2017, after snl.no's definition of "helligdag"); releases since 0.50 default
-    to ``include_sundays=False``, which is what alarmd needs: a "holiday" here is a public
-    holiday (the 12 "røde dager" of the 1947 and 1995 acts, Easter Sunday and Whit Sunday
-    included), never an ordinary Sunday. ``country_holidays`` in 0.50 does not forward
-    ``include_sundays``, so the default is relied upon and checked: if an ordinary
-    February Sunday shows up as a holiday, ``public_holidays`` raises rather than route
-    every Sunday as a holiday.
+    From the ``holidays`` package (``country_holidays("NO")``). The 1995 act on holidays
+    lists every Sunday as a "helligdag", and for years the package's ``Norway`` followed it:
+    ``include_sundays=True`` was the default when Norway was added (2017), so every Sunday
+    came back as a holiday (upstream issues #324, #472). Checked here: 0.50 (our floor) and
+    0.109 default to ``include_sundays=False`` and return the 12 named days (1 January,
+    Maundy Thursday, Good Friday, Easter Sunday and Monday, 1 May, Ascension, 17 May, Whit
+    Sunday and Monday, 25 and 26 December). That is what alarmd means by a holiday: a named
+    public holiday, never an ordinary Sunday (a window that wants Sundays says ``sun``).
+    ``country_holidays`` in 0.50 does not forward ``include_sundays``, so the default is
+    relied upon and checked: if an ordinary February Sunday shows up as a holiday,
+    ``public_holidays`` raises rather than treat every Sunday as a holiday.
 
 Plain data in, ``ScheduleDataError`` out
     ``parse_window`` reads the plain values the YAML loader will hand over (see its
@@ -79,10 +81,13 @@ from zoneinfo import ZoneInfo
 import holidays as holidays_package
 
 __all__ = [
+    "ALL_DAYS",
+    "NEXT_CHANGE_HORIZON",
     "OSLO",
     "AnnualDate",
     "DateRange",
     "HolidayMode",
+    "Interval",
     "Schedule",
     "ScheduleDataError",
     "Weekday",
@@ -304,7 +309,9 @@ def _require_aware(value: datetime, name: str) -> None:
 def _wall(at: datetime) -> datetime:
     """The reading of a clock in Oslo at ``at``, naive, ``fold`` dropped."""
     _require_aware(at, "at")
-    return at.astimezone(OSLO).replace(tzinfo=None, fold=0)
+    # Through UTC: astimezone() returns an Oslo datetime unchanged, so an imaginary reading
+    # (02:30 on the spring-forward day) would be judged as written, not as the instant it is.
+    return at.astimezone(UTC).astimezone(OSLO).replace(tzinfo=None, fold=0)
 
 
 def _offset(at: datetime) -> timedelta:
