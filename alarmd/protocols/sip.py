@@ -448,9 +448,13 @@ def _make_message(start: str, headers: Headers, body: bytes) -> SipMessage:
         version = m.group(1).upper()
         if version != SIP_VERSION:
             raise SipError("unsupported_version", None, version)
+        # A response is never answered, so its errors carry no status.
         if not (headers.get("Call-ID") or "").strip():
             raise SipError("missing_header", None, "Call-ID")
-        parse_cseq(headers.get("CSeq"))  # a response we cannot match is useless
+        try:
+            parse_cseq(headers.get("CSeq"))  # a response we cannot match is useless
+        except SipError as e:
+            raise SipError(e.reason, None, e.detail) from None
         try:
             status = int(m.group(2))
         except ValueError:  # pragma: no cover - the regex allows digits only
@@ -836,8 +840,16 @@ _AUTH_PARAM_RE = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|{
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
 
 
+def _hash_bytes(text: str) -> bytes:
+    """Text as the peer sent it (escaped bytes restored); any other str still encodes."""
+    try:
+        return _encode(text)
+    except UnicodeEncodeError:  # a lone surrogate that did not come from our decoding
+        return text.encode(_TEXT_CODEC, "surrogatepass")
+
+
 def _md5_hex(text: str) -> str:
-    return hashlib.md5(_encode(text), usedforsecurity=False).hexdigest()
+    return hashlib.md5(_hash_bytes(text), usedforsecurity=False).hexdigest()
 
 
 def _quote(value: str) -> str:
@@ -1122,7 +1134,8 @@ class DigestAuthenticator:
         """Check an ``Authorization`` value for a request with ``method``.
 
         ``lookup_password`` maps the claimed username to its password (per device or per
-        group of devices) or None. Only a correct answer is recorded in ``nonce_counts``.
+        group of devices) or None; an exception it raises propagates (the transport
+        answers 500). Only a correct answer is recorded in ``nonce_counts``.
         """
         _micros(now)  # a naive datetime is a usage error, whatever the header says
 
@@ -1175,7 +1188,8 @@ class DigestAuthenticator:
             cnonce=cnonce,
             qop=params["qop"],
         )
-        if not hmac.compare_digest(expected, params["response"].lower()):
+        given = _hash_bytes(params["response"].lower())
+        if not hmac.compare_digest(expected.encode("ascii"), given):
             return refuse(DigestOutcome.WRONG, 403, "wrong_response")
 
         def stale(reason: str) -> DigestResult:
