@@ -35,8 +35,9 @@ them is ``classify``. Nothing here reads a clock, touches a socket or imports as
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
@@ -132,12 +133,15 @@ class Mrq:
 
         A device re-sends the same ``ref`` until it gets ``snu=0`` (and on HOLD), so
         ``cid`` + ``ref`` is the transmission. ``IN`` and ``RE`` reuse the session's ``ref``
-        for a *different* message: the type is part of their key, so an update or a reset
-        is never mistaken for a re-send of the original alarm.
+        for a *different* message: the type and a digest of the content are part of their
+        key, so an update or a reset is never mistaken for a re-send of the original alarm,
+        and a second, different update under the same ``ref`` is not taken for a re-send
+        of the first (a re-sent update has the same content, hence the same key).
         """
         if self.mty is MessageType.MESSAGE:
             return f"scaip:{self.cid}:{self.ref}"
-        return f"scaip:{self.cid}:{self.ref}:{self.mty.value}"
+        content = hashlib.blake2b(repr(astuple(self)).encode(), digest_size=8).hexdigest()
+        return f"scaip:{self.cid}:{self.ref}:{self.mty.value}:{content}"
 
 
 @dataclass(frozen=True, slots=True)

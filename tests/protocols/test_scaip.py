@@ -336,16 +336,21 @@ def test_unknown_tags_inside_lge_and_unknown_subtrees_are_ignored() -> None:
     [
         (None, "scaip:4711:R1"),
         ("ME", "scaip:4711:R1"),
-        ("IN", "scaip:4711:R1:IN"),
-        ("RE", "scaip:4711:R1:RE"),
-        ("re", "scaip:4711:R1:RE"),
+        ("IN", "scaip:4711:R1:IN:"),
+        ("RE", "scaip:4711:R1:RE:"),
+        ("re", "scaip:4711:R1:RE:"),
     ],
 )
 def test_message_types_and_dedup_keys(mty: str | None, key: str) -> None:
     body = alarm("5", None, tag("mty", mty) if mty else "")
     result = handle(body)
     (event,) = result.events
-    assert result.dedup_key == event.dedup_key == key
+    assert result.dedup_key == event.dedup_key
+    assert result.dedup_key is not None
+    if key.endswith(":"):  # IN and RE: type, then a digest of the content
+        assert result.dedup_key.startswith(key)
+        assert len(result.dedup_key) == len(key) + 16
+        key = result.dedup_key
     assert event.kind is EventKind.FALL  # an update or reset keeps the alarm's kind
     assert event.attributes["mty"] == (mty or "ME").upper()
     # a re-send is byte-identical, so it gets the same key
@@ -356,7 +361,15 @@ def test_heartbeat_has_no_event_but_keeps_hbo() -> None:
     result = handle(alarm("2", None, "<mty>PI</mty><hbo>001</hbo>"))
     assert result.ok and result.is_heartbeat and result.events == ()
     assert result.mrq is not None and result.mrq.hbo == 1
-    assert result.dedup_key == "scaip:4711:R1:PI"
+    assert result.dedup_key is not None
+    assert result.dedup_key.startswith("scaip:4711:R1:PI:")
+
+
+def test_two_different_updates_under_one_ref_are_not_taken_for_re_sends() -> None:
+    first = alarm("5", None, "<mty>IN</mty><dte>kitchen</dte>")
+    second = alarm("5", None, "<mty>IN</mty><dte>hallway</dte>")
+    assert handle(first).dedup_key != handle(second).dedup_key
+    assert handle(first).dedup_key == handle(first).dedup_key  # a re-send is a duplicate
 
 
 # --- hostile XML ----------------------------------------------------------------------------
