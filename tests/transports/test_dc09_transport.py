@@ -373,3 +373,17 @@ async def test_stop_finishes_in_flight_commits(tmp_path: Path) -> None:
     stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert stored >= acks  # never an ACK without a stored event
     writer.close()
+
+
+async def test_a_pipelining_peer_is_paused_not_buffered_and_every_frame_answered_in_order(
+    stack: Stack,
+) -> None:
+    """200 frames in one write: more than the per-connection queue bound (64), so the
+    connection is paused and resumed; every frame is answered, in order, after its commit."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    frames = [cid("1234", n, zone=n % 1000) for n in range(1, 201)]
+    writer.write(b"".join(frames))
+    seqs = [parse_reply(await read_reply(reader)).seq for _ in frames]
+    assert seqs == [f"{n:04d}" for n in range(1, 201)]
+    assert len(stack.stored()) == 200
+    writer.close()
