@@ -309,13 +309,11 @@ def split_header_list(value: str) -> list[str]:
 # --- messages -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SipRequest:
-    method: str  # case-sensitive token: "REGISTER", "MESSAGE", "OPTIONS", or any other
-    uri: str
-    version: str
+class _Dialog:
+    """What requests and responses both read from their headers."""
+
+    __slots__ = ()
     headers: Headers
-    body: bytes
 
     @property
     def call_id(self) -> str | None:
@@ -323,8 +321,17 @@ class SipRequest:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """(sequence number, method); never raises for a parsed request."""
+        """(sequence number, method); never raises for a parsed message (parsing checked it)."""
         return parse_cseq(self.headers.get("CSeq"))
+
+
+@dataclass(frozen=True, slots=True)
+class SipRequest(_Dialog):
+    method: str  # case-sensitive token: "REGISTER", "MESSAGE", "OPTIONS", or any other
+    uri: str
+    version: str
+    headers: Headers
+    body: bytes
 
     @property
     def top_via(self) -> Via:
@@ -333,21 +340,12 @@ class SipRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class SipResponse:
+class SipResponse(_Dialog):
     version: str
     status: int
     reason: str
     headers: Headers
     body: bytes
-
-    @property
-    def call_id(self) -> str | None:
-        return self.headers.get("Call-ID")
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        """(sequence number, method); never raises for a parsed response."""
-        return parse_cseq(self.headers.get("CSeq"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,18 +136,8 @@ def test_crc_vectors(data: bytes, crc: int, length: int) -> None:
     assert len(data) == length
 
 
-def _crc_bitwise(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
-
-
-@given(st.binary(max_size=200))
-def test_crc_table_equals_bitwise_definition(data: bytes) -> None:
-    assert crc16_arc(data) == _crc_bitwise(data)
+# The table CRC against the bitwise definition: test_dc09_fast.py
+# (test_crc_two_bytes_a_step_is_the_bitwise_crc).
 
 
 # --- the table of whole frames -------------------------------------------------------------
