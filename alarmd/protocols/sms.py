@@ -718,9 +718,9 @@ class Reassembler:
             del self._partials[key]
             return _join([partial.parts[s] for s in range(1, total + 1)])
         while len(self._partials) > self._max:
-            (old_sender, _, old_total), old = next(iter(self._partials.items()))
-            del self._partials[next(iter(self._partials))]
-            self._evicted.append((old_sender, _partial_text(old_total, old.parts)))
+            oldest = next(iter(self._partials))  # dicts keep insertion order
+            old = self._partials.pop(oldest)
+            self._evicted.append((oldest[0], _partial_text(oldest[2], old.parts)))
         return None
 
     def expire(self, now: datetime, older_than: timedelta) -> list[tuple[str, str]]:

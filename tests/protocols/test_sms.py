@@ -36,13 +36,12 @@ def deliver_hex(
     dcs: int = 0x00,
     udhi: bool = False,
     sender: bytes = bytes.fromhex("0A917421436587"),
+    scts: str = "62105021430080",  # 2026-01-05 12:34:00 +02:00
 ) -> str:
     """An SMS-DELIVER around the given user data (SMSC none, sender +4712345678 by default)."""
     first = 0x04 | (0x40 if udhi else 0)
-    scts = bytes.fromhex("62105021430080")  # 2026-01-05 12:34:00 +02:00
-    return (
-        bytes((0x00, first)) + sender + bytes((0x00, dcs)) + scts + bytes((udl,)) + user_data
-    ).hex()
+    header = bytes((0x00, first)) + sender + bytes((0x00, dcs)) + bytes.fromhex(scts)
+    return (header + bytes((udl,)) + user_data).hex()
 
 
 def submit_as_deliver(submit_hex: str) -> str:
@@ -145,6 +144,27 @@ def test_ucs2_deliver_and_alphanumeric_sender() -> None:
     oracle = gsmpdu.decodeSmsPdu(pdu)
     assert oracle["number"] == "Alarm"
     assert oracle["time"] == d.timestamp
+
+
+@pytest.mark.parametrize(
+    ("scts", "offset"),
+    [
+        ("70402132522423", timedelta(hours=8)),  # 32 quarters
+        ("7040213252242B", timedelta(hours=-8)),  # sign: bit 3 of the raw octet
+    ],
+)
+def test_scts_zone_sign(scts: str, offset: timedelta) -> None:
+    pdu = deliver_hex(b"", 0, scts=scts)
+    d = decode_deliver(pdu)
+    assert d.timestamp == datetime(2007, 4, 12, 23, 25, 42, tzinfo=timezone(offset))
+    assert d.timestamp.utcoffset() == offset
+    assert gsmpdu.decodeSmsPdu(pdu)["time"].utcoffset() == offset
+
+
+def test_scts_with_non_digits_is_an_error() -> None:
+    with pytest.raises(SmsError) as err:
+        decode_deliver(deliver_hex(b"", 0, scts="7A402132522423"))
+    assert err.value.reason == "bad_timestamp"
 
 
 def test_16bit_concat_reference_and_dcs_groups() -> None:
@@ -361,7 +381,7 @@ def _units(text: str) -> int:
     return len(text.encode("utf-16-be")) // 2
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=_texts, ref=st.integers(0, 255))
 def test_round_trip_and_part_counts(text: str, ref: int) -> None:
     pdus = encode_submit("+4799999999", text, reference=ref)
@@ -382,7 +402,7 @@ def test_round_trip_and_part_counts(text: str, ref: int) -> None:
         assert s.encoding is (Encoding.GSM7 if gsm7 else Encoding.UCS2)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(data=st.binary(max_size=220))
 def test_any_bytes_decode_or_sms_error(data: bytes) -> None:
     for pdu in (data, data.hex()):
