@@ -107,6 +107,7 @@ __all__ = [
     "Rejected",
     "Result",
     "Step",
+    "StepRef",
     "Tick",
     "new_case",
     "step",
@@ -143,6 +144,8 @@ class Step:
     require_all: bool = False
 
     def __post_init__(self) -> None:
+        if not self.recipients:
+            raise ValueError("a step needs at least one recipient")
         _positive("accept_within", self.accept_within)
 
 
@@ -411,15 +414,28 @@ def _aware(now: datetime) -> datetime:
     return now
 
 
-def _fresh(state: CaseEscalation, **changes: object) -> CaseEscalation:
-    """The state for a new step or the centre: per-step records cleared."""
+def _enter(
+    state: CaseEscalation,
+    phase: Phase,
+    step_index: int,
+    next_step_at: datetime,
+    *,
+    keep_records: bool = False,
+    centre_alerts: int | None = None,
+) -> CaseEscalation:
+    """The state on entering a step or the centre. The holder and the per-step records
+    (notified, acks, declines) are cleared, since they belong to the step left behind,
+    unless ``keep_records`` (a centre re-alert stays in the same "step")."""
     return dataclasses.replace(
         state,
+        phase=phase,
+        step_index=step_index,
+        next_step_at=next_step_at,
         accepted_by=None,
-        acks=frozenset(),
-        notified=frozenset(),
-        declined=frozenset(),
-        **changes,  # type: ignore[arg-type]
+        acks=state.acks if keep_records else frozenset(),
+        notified=state.notified if keep_records else frozenset(),
+        declined=state.declined if keep_records else frozenset(),
+        centre_alerts=state.centre_alerts if centre_alerts is None else centre_alerts,
     )
 
 
@@ -430,9 +446,7 @@ def _notify_step(state: CaseEscalation, index: int, start: datetime) -> Result:
     if index >= len(steps):
         return _alert_centre(state, start)
     s = steps[index]
-    new = _fresh(
-        state, phase=Phase.NOTIFYING, step_index=index, next_step_at=start + s.accept_within
-    )
+    new = _enter(state, Phase.NOTIFYING, index, start + s.accept_within)
     return new, (Notify(index, s.recipients, s.channels),)
 
 
@@ -442,17 +456,14 @@ def _alert_centre(state: CaseEscalation, start: datetime) -> Result:
     centre = state.policy.centre
     repeat = state.centre_alerts
     wait = centre.accept_within if repeat == 0 else centre.re_alert_every
-    changes: dict[str, object] = {
-        "phase": Phase.AT_CENTRE,
-        "step_index": state.at_centre_index,
-        "next_step_at": start + wait,
-        "centre_alerts": repeat + 1,
-    }
-    if state.phase is Phase.AT_CENTRE:
-        # a re-alert keeps who was notified and who declined at the centre
-        new = dataclasses.replace(state, **changes)  # type: ignore[arg-type]
-    else:
-        new = _fresh(state, **changes)
+    new = _enter(
+        state,
+        Phase.AT_CENTRE,
+        state.at_centre_index,
+        start + wait,
+        keep_records=state.phase is Phase.AT_CENTRE,
+        centre_alerts=repeat + 1,
+    )
     recipients = CENTRE_RECIPIENTS if repeat == 0 else CENTRE_REALERT_RECIPIENTS
     return new, (AlertCentre(repeat), Notify(CENTRE, recipients, centre.channels))
 
