@@ -103,7 +103,7 @@ class Command:
     purpose: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not self.text[:2].upper() == "AT":
+        if self.text[:2].upper() != "AT":
             raise AtUsageError(f"an AT command starts with AT: {self.text!r}")
         if not all(" " <= c <= "~" for c in self.text):
             raise AtUsageError(f"an AT command is printable ASCII: {self.text!r}")

@@ -189,6 +189,13 @@ DIALOGUES: dict[str, tuple[list[Step], list[Event]]] = {
         [Send(CSQ), b"+CREG: 0,1\r\n+CSQ: 5,3\r\nOK\r\n"],  # CREG not asked: a URC
         [urc(UrcKind.CREG, "+CREG: 0,1", "0", "1"), done(CSQ, "+CSQ: 5,3")],
     ),
+    "clip_answer_vs_urc": (
+        [Send(Command("AT+CLIP?")), b"+CLIP: " + b'"+4799",145\r\n+CLIP: 1,1\r\nOK\r\n'],
+        [
+            urc(UrcKind.CLIP, '+CLIP: "+4799",145', "+4799", "145"),
+            done(Command("AT+CLIP?"), "+CLIP: 1,1"),
+        ],
+    ),
     "cpin_asked_and_not": (
         [b"+CPIN: READY\r\n", Send(CPIN_Q), b"+CPIN: SIM PIN\r\nOK\r\n"],
         [urc(UrcKind.CPIN, "+CPIN: READY", "READY"), done(CPIN_Q, "+CPIN: SIM PIN")],
@@ -452,3 +459,43 @@ def test_any_bytes_any_split(
     )
     assert play(command, chunks, max_line) == whole
     assert play(command, [data[i : i + 1] for i in range(len(data))], max_line) == whole
+
+
+actions = st.lists(
+    st.one_of(
+        modem_bytes,
+        st.tuples(st.just("send"), commands),
+        st.sampled_from(["data", "cancel", "abandon"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(script=actions)
+def test_api_misuse_raises_only_usage_errors(script: list[object]) -> None:
+    """Whatever the caller and the modem do, only AtUsageError escapes, and the state holds."""
+    d = AtDialogue(32)
+    for action in script:
+        try:
+            if isinstance(action, bytes):
+                d.receive_data(action)
+                for event in drain(d):
+                    if isinstance(event, CommandDone):
+                        assert d.in_flight is None or d.in_flight is not event.command
+                    if isinstance(event, PromptForData):
+                        assert event.command.expects_prompt
+            elif action == "data":
+                assert d.send_data(SUBMIT).endswith(b"\x1a")
+            elif action == "cancel":
+                assert d.send_cancel() == b"\x1b"
+            elif action == "abandon":
+                d.abandon()
+            else:
+                assert isinstance(action, tuple)
+                command = action[1]
+                if command is not None:
+                    assert d.send(command) == command.text.encode() + b"\r"
+        except AtUsageError:
+            pass
+        assert (d.in_flight is None) == (d.state is State.IDLE)
