@@ -93,7 +93,9 @@ _RFC3339_RE: Final = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
 )
 # Strings first, so brackets inside strings are skipped; anything else is not a token here.
-_JSON_SCAN_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# Possessive and with an optional closing quote, so an unterminated string is consumed once
+# to the end: with backtracking, '"\\"\\"...' costs O(n²) (seconds for 16 KiB).
+_JSON_SCAN_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,7 +817,7 @@ def _message_id(mapping: VendorMapping, doc: object, payload: bytes) -> str:
             text = str(value)
             if _MSG_ID_RE.fullmatch(text) is not None:
                 return text
-    return "sha:" + hashlib.blake2b(payload, digest_size=12).hexdigest()
+    return "hash:" + hashlib.blake2b(payload, digest_size=12).hexdigest()
 
 
 def _mapped_time(value: object, time_format: TimeFormat) -> datetime | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -276,6 +277,17 @@ def test_ten_thousand_levels_within_the_size_bound_are_too_deep() -> None:
     assert error_of(parse_native(TOPIC, b"[" * 10_000, now=NOW)).reason == "too_deep"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [b'"' + b'\\"' * 8000, b'["' + b'\\"' * 8000, b'{"a": "' + b"\\" * 16000, b'"[' * 8000],
+)
+def test_depth_scan_is_linear_on_unterminated_strings(payload: bytes) -> None:
+    """A backtracking scan took ~2 s on these 16 KiB: a cheap way to stall the consumer."""
+    started = time.perf_counter()
+    assert error_of(parse_native(TOPIC, payload, now=NOW)).reason in ("json", "too_deep")
+    assert time.perf_counter() - started < 0.1
+
+
 def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     event = only_event(parse_native(TOPIC, native(text="[" * 150 + "{"), now=NOW))
     assert event.text == "[" * 150 + "{"
@@ -430,7 +442,7 @@ def test_door_sensor_open_is_an_exit_alarm(door: VendorMapping) -> None:
     assert event.source == "D-17" and event.code == "OPEN"
     assert event.occurred_at == datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
     assert event.flags == frozenset()
-    assert event.dedup_key.startswith("mqtt:oslo:D-17:sha:")
+    assert event.dedup_key.startswith("mqtt:oslo:D-17:hash:")
     assert event.attributes["location.text"] == "front door"
     assert event.attributes["mqtt.mapping"] == "acme-door"
     assert door.subscription == "acme/+/door/#"
