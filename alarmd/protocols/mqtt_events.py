@@ -85,7 +85,11 @@ REASONS: Final = (
 
 _TENANT_RE: Final = re.compile(r"[a-z0-9-]{1,63}")
 _DEVICE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_MSG_ID_RE: Final = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space: it goes into keys
+# Printable ASCII without space or colon: the id ends the de-dup key after the device id,
+# which may itself hold colons, so a colon here would let two devices' keys collide
+# (device "a:b" + id "c" and device "a" + id "b:c").
+_MSG_ID_RE: Final = re.compile(r"[!-9;-~]{1,64}")
+_VENDOR_ID_RE: Final = re.compile(r"[!-~]{1,64}")
 _LOCATION_CODE_RE: Final = re.compile(r"[a-z0-9_]{1,32}")
 _ATTRIBUTE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # RFC 3339 date-time; the offset is required ("Z" or +hh:mm), a bare local time is ambiguous.
@@ -449,7 +453,9 @@ def _parse_native(topic: str, payload: bytes, now: datetime, max_bytes: int) -> 
     msg_id = doc["id"]
     if not isinstance(msg_id, str) or _MSG_ID_RE.fullmatch(msg_id) is None:
         raise _Invalid(
-            "invalid_field", "id", "id: must be 1-64 printable ASCII characters without spaces"
+            "invalid_field",
+            "id",
+            "id: must be 1-64 printable ASCII characters without spaces or colons",
         )
     kind = _kind(doc["kind"], "kind")
     condition = _condition(doc["condition"], "condition") if "condition" in doc else Condition.ALARM
@@ -815,9 +821,9 @@ def _message_id(mapping: VendorMapping, doc: object, payload: bytes) -> str:
         value = _lookup(doc, mapping.id)
         if isinstance(value, str | int) and not isinstance(value, bool):
             text = str(value)
-            if _MSG_ID_RE.fullmatch(text) is not None:
-                return text
-    return "hash:" + hashlib.blake2b(payload, digest_size=12).hexdigest()
+            if _VENDOR_ID_RE.fullmatch(text) is not None:  # escaped: see _MSG_ID_RE
+                return text.replace("%", "%25").replace(":", "%3A")
+    return "hash-" + hashlib.blake2b(payload, digest_size=12).hexdigest()
 
 
 def _mapped_time(value: object, time_format: TimeFormat) -> datetime | None:

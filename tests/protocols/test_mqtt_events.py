@@ -156,6 +156,7 @@ INVALID_NATIVE: list[tuple[bytes, str, str | None, str]] = [
     (native(schema="alarmd.event/2"), "schema_version", "schema", "alarmd.event/1"),
     (native(id=""), "invalid_field", "id", "1-64"),
     (native(id="a b"), "invalid_field", "id", "without spaces"),
+    (native(id="urn:1"), "invalid_field", "id", "colons"),
     (native(id="x" * 65), "invalid_field", "id", "1-64"),
     (native(condition="restored"), "invalid_field", "condition", 'did you mean "restore"?'),
     (native(time="2026-01-01T10:00:00"), "invalid_field", "time", "offset"),
@@ -442,7 +443,7 @@ def test_door_sensor_open_is_an_exit_alarm(door: VendorMapping) -> None:
     assert event.source == "D-17" and event.code == "OPEN"
     assert event.occurred_at == datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
     assert event.flags == frozenset()
-    assert event.dedup_key.startswith("mqtt:oslo:D-17:hash:")
+    assert event.dedup_key.startswith("mqtt:oslo:D-17:hash-")
     assert event.attributes["location.text"] == "front door"
     assert event.attributes["mqtt.mapping"] == "acme-door"
     assert door.subscription == "acme/+/door/#"
@@ -477,6 +478,13 @@ def test_bed_sensor_ms_epoch_and_topic_captures(bed: VendorMapping) -> None:
     assert event.attributes["tenant"] == "trondheim"
     assert event.attributes["location.code"] == "care_home"
     assert event.attributes["geo"] == "63.43,10.39"
+
+
+def test_vendor_ids_with_colons_cannot_collide_across_devices(bed: VendorMapping) -> None:
+    a = parse_mapped(bed, "sleepwell/t/a:b/state", b'{"seq":"c"}', now=NOW)
+    b = parse_mapped(bed, "sleepwell/t/a/state", b'{"seq":"b:c"}', now=NOW)
+    assert only_event(a).dedup_key == "mqtt:t:a:b:c"
+    assert only_event(b).dedup_key == "mqtt:t:a:b%3Ac"
 
 
 def test_unmapped_value_is_other_alarm_flagged_never_dropped(bed: VendorMapping) -> None:
@@ -617,7 +625,9 @@ def test_match_topic_never_raises(pattern: str, topic: str) -> None:
 
 
 printable_id = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters=":"),
+    min_size=1,
+    max_size=64,
 )
 short_text = st.text(min_size=1, max_size=200)
 offsets = st.sampled_from(
