@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -282,11 +281,10 @@ def test_ten_thousand_levels_within_the_size_bound_are_too_deep() -> None:
     "payload",
     [b'"' + b'\\"' * 8000, b'["' + b'\\"' * 8000, b'{"a": "' + b"\\" * 16000, b'"[' * 8000],
 )
-def test_depth_scan_is_linear_on_unterminated_strings(payload: bytes) -> None:
-    """A backtracking scan took ~2 s on these 16 KiB: a cheap way to stall the consumer."""
-    started = time.perf_counter()
+def test_unterminated_strings_are_json_errors(payload: bytes) -> None:
+    """A backtracking depth scan once took ~2 s on these 16 KiB (a cheap way to stall the
+    consumer); how long they take now is measured by bench/mqtt_hostile_json.py, not here."""
     assert error_of(parse_native(TOPIC, payload, now=NOW)).reason in ("json", "too_deep")
-    assert time.perf_counter() - started < 0.1
 
 
 def test_brackets_inside_strings_do_not_count_as_depth() -> None:
