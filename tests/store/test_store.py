@@ -43,16 +43,16 @@ async def store(tmp_path: Path):
     await s.close()
 
 
-def spy_batch_sizes(store: Store) -> list[int]:
-    """Record the size of every batch the writer executes."""
+def spy_batch_sizes(store: Store, method: str = "_execute") -> list[int]:
+    """Record the size of every batch the writer runs through ``method``."""
     sizes: list[int] = []
-    original = store.writer._execute
+    original = getattr(store.writer, method)
 
     def spy(batch):  # type: ignore[no-untyped-def]
         sizes.append(len(batch))
         return original(batch)
 
-    store.writer._execute = spy  # type: ignore[method-assign]
+    setattr(store.writer, method, spy)
     return sizes
 
 
@@ -164,14 +164,7 @@ async def test_a_failing_job_fails_alone(store: Store) -> None:
     def bad(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO events (id) VALUES (1)")  # violates NOT NULL
 
-    retried: list[int] = []
-    original = store.writer._execute_one_by_one
-
-    def spy(batch):  # type: ignore[no-untyped-def]
-        retried.append(len(batch))
-        return original(batch)
-
-    store.writer._execute_one_by_one = spy  # type: ignore[method-assign]
+    retried = spy_batch_sizes(store, "_execute_one_by_one")
 
     results = await asyncio.gather(
         intake.submit([make_event(1)]),
