@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from alarmd import metrics
 from alarmd.model import Event, Flag, Receipt
 from alarmd.store.db import Store
-from alarmd.store.events import append_job
+from alarmd.store.events import CaseHook, append_job
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +46,15 @@ class Intake:
         self._window = dedup_window
         self._tenant_of = tenant_of
         self._listeners: list[Listener] = []
+        self._case_hook: CaseHook | None = None
 
     def set_tenant_lookup(self, tenant_of: TenantOf) -> None:
         """Swap the directory lookup (configuration reload)."""
         self._tenant_of = tenant_of
+
+    def set_case_hook(self, hook: CaseHook) -> None:
+        """The routing engine's ``on_event``: runs in each new event's own transaction."""
+        self._case_hook = hook
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -72,7 +77,9 @@ class Intake:
             return empty
         tenant_of = self._tenant_of
         tenants = [tenant_of(event.protocol, event.source) for event in events]
-        committed = self._store.writer.enqueue(append_job(events, tenants, self._window))
+        committed = self._store.writer.enqueue(
+            append_job(events, tenants, self._window, self._case_hook)
+        )
         committed.add_done_callback(partial(self._after_commit, events))
         return committed
 

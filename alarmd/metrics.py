@@ -96,6 +96,38 @@ UNACKED_STORE_FAILURE = Counter(
     registry=REGISTRY,
 )
 
+# --- cases and escalation ----------------------------------------------------------------
+CASES_OPENED = Counter(
+    "alarmd_cases_opened_total",
+    "Cases opened, by category (alarm, technical).",
+    ["category"],
+    registry=REGISTRY,
+)
+CASES_ROUTED = Counter(
+    "alarmd_cases_routed_total",
+    "Cases routed, by the service mode chosen.",
+    ["mode"],
+    registry=REGISTRY,
+)
+CASES_CLOSED = Counter(
+    "alarmd_cases_closed_total",
+    "Cases closed, by outcome (resolved_by_phone counts as clarified at the centre).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CENTRE_ALERTS = Counter(
+    "alarmd_centre_alerts_total",
+    "Cases handed to the operators' pool (first) and re-alerts because nobody accepted (repeat).",
+    ["kind"],
+    registry=REGISTRY,
+)
+ESCALATION_LATENESS = Histogram(
+    "alarmd_escalation_lateness_seconds",
+    "How late a deadline (routing a new case, an escalation step) fired.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0),
+    registry=REGISTRY,
+)
+
 # --- daemon ------------------------------------------------------------------------------
 CONFIG_RELOAD_OK = Gauge(
     "alarmd_config_last_reload_successful",

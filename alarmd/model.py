@@ -174,3 +174,16 @@ class Receipt:
     def duplicates(self) -> int:
         """How many of the submitted events were retransmissions."""
         return sum(self.duplicate)
+
+
+class Outcome(enum.StrEnum):
+    """How a case ended. Only ``resolved_by_phone`` counts as clarified at the centre
+    (avklart): the clarification rate is its share of closed alarm cases."""
+
+    RESOLVED_BY_PHONE = "resolved_by_phone"
+    HOME_CARE_DISPATCHED = "home_care_dispatched"
+    AMBULANCE = "ambulance"
+    NEXT_OF_KIN = "next_of_kin"
+    ACCIDENTAL = "accidental"
+    TECHNICAL = "technical"
+    TEST = "test"

@@ -32,12 +32,21 @@ _FIND_COPY = "SELECT min(id) FROM events WHERE dedup_key = ? AND received_at >= 
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 
+CaseHook = Callable[[sqlite3.Connection, Event, int, "str | None"], None]
+
+
 def append_job(
     events: Sequence[Event],
     tenants: Sequence[str | None],
     dedup_window: timedelta,
+    on_new: CaseHook | None = None,
 ) -> Callable[[sqlite3.Connection], Receipt]:
-    """A writer job that stores ``events`` unless a copy is already stored within the window."""
+    """A writer job that stores ``events`` unless a copy is already stored within the window.
+
+    ``on_new(conn, event, event_id, tenant)`` runs for each new (not retransmitted) event in
+    the same transaction: the routing engine opens the event's case there, so an
+    acknowledged alarm can never be without its case.
+    """
     rows = []
     for event, tenant in zip(events, tenants, strict=True):
         rows.append(
@@ -68,12 +77,14 @@ def append_job(
     def job(conn: sqlite3.Connection) -> Receipt:
         ids: list[int] = []
         duplicate: list[bool] = []
-        for row, horizon in zip(rows, horizons, strict=True):
+        for index, (row, horizon) in enumerate(zip(rows, horizons, strict=True)):
             cursor = conn.execute(_INSERT_UNLESS_COPY, (*row, row[15], horizon))
             if cursor.rowcount == 1:
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
                 duplicate.append(False)
+                if on_new is not None:
+                    on_new(conn, events[index], cursor.lastrowid, tenants[index])
                 continue
             original = conn.execute(_FIND_COPY, (row[15], horizon)).fetchone()[0]
             conn.execute(_COUNT_COPY, (original,))

@@ -1,0 +1,901 @@
+"""The routing engine: opens cases from events, routes them, and fires their deadlines.
+
+Theory of operation
+-------------------
+Three doors lead into a case, and all three are writer jobs, so every change to a case, its
+log and the notifications it causes commit together (or not at all):
+
+* ``on_event`` runs *inside* intake's append job, in the transaction that stores the event:
+  an alarm opens a case (or is attached to the open case of the same user and kind), so an
+  acknowledged alarm always has its case, even if alarmd dies a microsecond after the ACK.
+  The new case is ``new`` and due at once.
+* ``run_due`` handles every case whose ``next_step_at`` has come: a new case is routed
+  (``router(facts, now)``, the pure rules; the decision and the plan are copied into the
+  case: DESIGN.md invariant 4) and opened; an open one is ticked through
+  ``escalation.step`` until its next deadline is in the future.
+* ``accept``/``decline``/``on_site``/``close``/``note`` come from people (API, app, SMS).
+
+``escalation.step`` decides; this module carries its actions out: ``Notify`` becomes outbox
+rows (one per person and channel, with a de-dup key so a notification is never queued twice)
+and the people reached are reported back (``NotifiedPeople``), everything goes to the case
+log, and acceptance or closing cancels notifications still waiting.
+
+Deadlines: a heap of hints
+    One heap of ``(when, case_id)`` for all cases: no task and no timer per case. An entry
+    is a *hint* that the case may be due then; the stored ``next_step_at`` is the truth, and
+    a case popped early is loaded, found not due, and pushed again at its real deadline. So
+    an entry pushed by a transaction that then rolled back costs one read and never fires
+    anything, and the only rule to keep is that every committed deadline has an entry at or
+    before it: every job pushes the deadlines it wrote, and a job that fails to commit puts
+    back the entries it took. After a restart ``load`` pushes every stored deadline; those
+    already past fire at once, each exactly once, because firing and recording that it fired
+    are one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from alarmd import metrics
+from alarmd.clock import Clock
+from alarmd.model import Category, Event, EventKind, Flag, Outcome, Priority, Receipt
+from alarmd.routing.decision import MODES, Decision, Location, Mode, RouteFacts
+from alarmd.routing.escalation import (
+    CENTRE,
+    Accept,
+    Accepted,
+    Acknowledged,
+    Action,
+    AlertCentre,
+    CaseEscalation,
+    CentreStep,
+    Close,
+    Closed,
+    Decline,
+    Declined,
+    Escalated,
+    EscalationPolicy,
+    Input,
+    MarkOnSite,
+    NotifiedPeople,
+    Notify,
+    OnSite,
+    Open,
+    Phase,
+    Rejected,
+    Tick,
+    new_case,
+    step,
+)
+from alarmd.store import cases as case_store
+from alarmd.store.db import Store, StoreError, iso, parse_iso
+from alarmd.store.directory import UserFacts, find_device, resolve_recipient, user_facts
+
+log = structlog.get_logger(__name__)
+
+Router = Callable[[RouteFacts, datetime], Decision]
+
+SYSTEM = "alarmd"
+_MAX_TICKS = 64  # escalation needs at most len(steps) + 2 per catch-up; a guard, not a limit
+_RETRY_AFTER_FAILED_COMMIT = timedelta(seconds=1)
+_CHUNK = 500
+
+# Events that open or join a case; informational ones only touch open cases.
+_INFO_TOUCHING = {EventKind.CARER_PRESENT, EventKind.CANCEL, EventKind.CHECK_OUT}
+
+FALLBACK_CENTRE = CentreStep(
+    accept_within=timedelta(minutes=2), re_alert_every=timedelta(minutes=1)
+)
+
+
+def centre_only(centre: CentreStep, rule: str, why: str) -> Decision:
+    """The response service: what every alarm gets when nothing better is known."""
+    return Decision(
+        mode="response",
+        policy=EscalationPolicy(steps=(), centre=centre, accepted_deadline=timedelta(hours=1)),
+        rule=rule,
+        explanation=(why,),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """What an action from a person did: the case after it, and a refusal if any."""
+
+    case: case_store.CaseRow | None
+    rejected: str | None = None
+
+
+@dataclass(slots=True)
+class _JobOutcome:
+    """What a job did, applied after its commit."""
+
+    deadlines: list[tuple[int, datetime]] = field(default_factory=list)
+    outbox_rows: int = 0
+    changed: list[int] = field(default_factory=list)
+    rejected: str | None = None
+    case_id: int | None = None
+
+
+class Engine:
+    """Opens, routes and escalates cases; the only writer of cases, case log and outbox."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        router: Router,
+        *,
+        fallback_centre: CentreStep = FALLBACK_CENTRE,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._router = router
+        self._fallback_centre = fallback_centre
+        self._heap: list[tuple[datetime, int]] = []
+        self._hint: dict[int, datetime] = {}  # the earliest heap entry per case
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._outbox_listeners: list[Callable[[], None]] = []
+        self._case_listeners: list[Callable[[Iterable[int]], None]] = []
+        self._pending: _JobOutcome = _JobOutcome()  # on_event's effects, until intake commits
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def set_router(self, router: Router, fallback_centre: CentreStep | None = None) -> None:
+        """Swap the rules (configuration reload). Running cases keep their snapshots."""
+        self._router = router
+        if fallback_centre is not None:
+            self._fallback_centre = fallback_centre
+
+    def on_outbox(self, listener: Callable[[], None]) -> None:
+        """Called after a commit that queued notifications (the dispatcher's ``wake``)."""
+        self._outbox_listeners.append(listener)
+
+    def on_case_change(self, listener: Callable[[Iterable[int]], None]) -> None:
+        """Called with the ids of cases changed by a commit (live updates)."""
+        self._case_listeners.append(listener)
+
+    @property
+    def scheduled(self) -> int:
+        """Cases with a deadline hint in the heap."""
+        return len(self._hint)
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Push every stored deadline: after a restart, the past ones fire at once."""
+        async with self._store.reader.execute(
+            "SELECT id, next_step_at FROM cases WHERE next_step_at IS NOT NULL"
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        for case_id, due in rows:
+            self._push(int(case_id), parse_iso(due))
+        log.info("engine_loaded", cases=len(rows))
+        return len(rows)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="routing-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_due()
+            except Exception:  # never let one bad case stop every deadline
+                log.exception("engine_run_failed")
+            timeout: float | None = None
+            if self._heap:
+                timeout = max(0.0, (self._heap[0][0] - self._clock.now()).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # --- the heap of hints ------------------------------------------------------------------
+
+    def _push(self, case_id: int, when: datetime) -> None:
+        known = self._hint.get(case_id)
+        if known is not None and known <= when:
+            return
+        self._hint[case_id] = when
+        heapq.heappush(self._heap, (when, case_id))
+
+    def _pop_due(self, now: datetime) -> list[tuple[int, datetime]]:
+        due: list[tuple[int, datetime]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, case_id = heapq.heappop(heap)
+            if self._hint.get(case_id) == when:
+                del self._hint[case_id]
+                due.append((case_id, when))
+        return due
+
+    def _after_commit(self, outcome: _JobOutcome) -> None:
+        for case_id, when in outcome.deadlines:
+            self._push(case_id, when)
+        if outcome.deadlines:
+            self._wake.set()
+        if outcome.outbox_rows:
+            for listener in self._outbox_listeners:
+                listener()
+        if outcome.changed:
+            for case_listener in self._case_listeners:
+                case_listener(outcome.changed)
+
+    # --- door 1: events, inside intake's transaction ----------------------------------------
+
+    def events_committed(self, events: Sequence[Event], receipt: Receipt) -> None:
+        """Intake's listener: the events' transaction committed, so their cases are real."""
+        pending, self._pending = self._pending, _JobOutcome()
+        self._after_commit(pending)
+
+    def on_event(
+        self, conn: sqlite3.Connection, event: Event, event_id: int, tenant: str | None
+    ) -> None:
+        """Open or update the case an event belongs to; runs in the event's transaction.
+
+        If that fails (a bug, a directory row that breaks an assumption), the event is still
+        stored and acknowledged, and a bare case keyed on the source is opened instead, which
+        routing then sends to the centre: an alarm is never left without its case, and a
+        case-logic bug never costs a device its ACK (the device would retry for ever).
+        """
+        conn.execute("SAVEPOINT case_hook")
+        try:
+            self._on_event(conn, event, event_id, tenant)
+        except sqlite3.OperationalError:
+            raise  # disk or lock trouble: the whole transaction fails, nothing is ACKed
+        except Exception:
+            conn.execute("ROLLBACK TO case_hook")
+            log.exception("case_open_failed", event_id=event_id, source=event.source)
+            if event.kind.category is not Category.INFO:
+                self._open_bare(conn, event, event_id, tenant)
+        conn.execute("RELEASE case_hook")
+
+    def _open_bare(
+        self, conn: sqlite3.Connection, event: Event, event_id: int, tenant: str | None
+    ) -> None:
+        now = event.received_at
+        cursor = conn.execute(
+            "INSERT INTO cases (tenant, open_key, protocol, source, kind, category, priority,"
+            " flags, state, next_step_at, opened_at, updated_at, first_event_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'unregistered', 'new', ?, ?, ?, ?)",
+            (
+                tenant,
+                f"bare:{event_id}",
+                event.protocol,
+                event.source,
+                event.kind.value,
+                event.kind.category.value,
+                int(event.priority),
+                iso(now),
+                iso(now),
+                iso(now),
+                event_id,
+            ),
+        )
+        case_id = int(cursor.lastrowid or 0)
+        conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+        case_store.append_log(
+            conn, case_id, now, SYSTEM, "opened", f"case opened (fallback): {_describe(event)}"
+        )
+        self._pending.deadlines.append((case_id, now))
+
+    def _on_event(
+        self, conn: sqlite3.Connection, event: Event, event_id: int, tenant: str | None
+    ) -> None:
+        category = event.kind.category
+        if category is Category.INFO and event.kind not in _INFO_TOUCHING:
+            return
+        device = find_device(conn, event.protocol, event.source)
+        user_id = device.user_id if device is not None else None
+        if device is not None:
+            tenant = device.tenant
+        base = f"user:{user_id}" if user_id is not None else f"src:{event.protocol}:{event.source}"
+        now = event.received_at
+        out = self._pending
+        if category is Category.INFO:
+            self._info_event(conn, event, event_id, base, now, out)
+            return
+        key = f"{base}|{event.kind.value}"
+        row = conn.execute(
+            "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL", (key,)
+        ).fetchone()
+        what = _describe(event)
+        if event.condition.value == "restore":
+            if row is None:
+                return
+            case_id = int(row[0])
+            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            case_store.append_log(
+                conn, case_id, now, SYSTEM, "restored", f"{what}: restored", {"event_id": event_id}
+            )
+            if category is Category.TECHNICAL:
+                self._close_restored(conn, case_id, now, out)
+            out.changed.append(case_id)
+            return
+        if row is not None:
+            case_id = int(row[0])
+            conn.execute(
+                "UPDATE cases SET event_count = event_count + 1, priority = max(priority, ?),"
+                " updated_at = ?, version = version + 1 WHERE id = ?",
+                (int(event.priority), iso(now), case_id),
+            )
+            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            case_store.append_log(
+                conn, case_id, now, SYSTEM, "event", f"again: {what}", {"event_id": event_id}
+            )
+            out.changed.append(case_id)
+            return
+        flags = set(event.flags)
+        if user_id is None:
+            flags.add(Flag.UNREGISTERED)
+        cursor = conn.execute(
+            "INSERT INTO cases (tenant, user_id, open_key, protocol, source, kind, category,"
+            " queue, priority, flags, state, next_step_at, opened_at, updated_at,"
+            " first_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'new', ?, ?, ?, ?)",
+            (
+                tenant,
+                user_id,
+                key,
+                event.protocol,
+                event.source,
+                event.kind.value,
+                category.value,
+                "technical" if category is Category.TECHNICAL else "alarm",
+                int(event.priority),
+                ",".join(sorted(f.value for f in flags)),
+                iso(now),
+                iso(now),
+                iso(now),
+                event_id,
+            ),
+        )
+        case_id = int(cursor.lastrowid or 0)
+        conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+        case_store.append_log(
+            conn,
+            case_id,
+            now,
+            SYSTEM,
+            "opened",
+            f"case opened: {what}"
+            + ("" if user_id is not None else " (no service user registered for this device)"),
+            {"event_id": event_id},
+        )
+        metrics.CASES_OPENED.labels(category.value).inc()
+        out.deadlines.append((case_id, now))
+        out.changed.append(case_id)
+
+    def _info_event(
+        self,
+        conn: sqlite3.Connection,
+        event: Event,
+        event_id: int,
+        base: str,
+        now: datetime,
+        out: _JobOutcome,
+    ) -> None:
+        rows = conn.execute(
+            "SELECT id FROM cases WHERE open_key >= ? AND open_key < ? AND closed_at IS NULL"
+            " AND category = 'alarm' ORDER BY id",
+            (base + "|", base + "}"),
+        ).fetchall()
+        who = f"device:{event.protocol}:{event.source}"
+        for (case_id,) in rows:
+            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            if event.kind is EventKind.CARER_PRESENT:
+                case = case_store.load_case(conn, case_id)
+                if case is not None:
+                    self._apply(conn, case, OnSite(who, now), now, out, actor=who)
+            else:
+                case_store.append_log(
+                    conn,
+                    case_id,
+                    now,
+                    who,
+                    event.kind.value,
+                    _describe(event),
+                    {"event_id": event_id},
+                )
+                out.changed.append(case_id)
+
+    def _close_restored(
+        self, conn: sqlite3.Connection, case_id: int, now: datetime, out: _JobOutcome
+    ) -> None:
+        """A technical condition that ended by itself closes its case unless someone holds it."""
+        case = case_store.load_case(conn, case_id)
+        if case is None or case.accepted_by is not None:
+            return
+        close = Close(SYSTEM, Outcome.TECHNICAL.value, now)
+        if case.escalation is None:
+            self._store_unrouted_close(conn, case, now, "restored before it was routed")
+        else:
+            self._apply(conn, case, close, now, out, actor=SYSTEM)
+
+    def _store_unrouted_close(
+        self, conn: sqlite3.Connection, case: case_store.CaseRow, now: datetime, why: str
+    ) -> None:
+        conn.execute(
+            "UPDATE cases SET state = 'closed', next_step_at = NULL, closed_at = ?, outcome = ?,"
+            " close_note = ?, updated_at = ?, version = version + 1 WHERE id = ?",
+            (iso(now), Outcome.TECHNICAL.value, why, iso(now), case.id),
+        )
+        case_store.append_log(conn, case.id, now, SYSTEM, "closed", f"closed: {why}")
+
+    # --- door 2: deadlines --------------------------------------------------------------------
+
+    async def run_due(self) -> int:
+        """Route new cases and fire every deadline due at ``clock.now()``; returns how many
+        cases were looked at. Tests with a fake clock call this directly."""
+        now = self._clock.now()
+        due = self._pop_due(now)
+        if not due:
+            return 0
+        for when_case in due:
+            metrics.ESCALATION_LATENESS.observe(max(0.0, (now - when_case[1]).total_seconds()))
+        for start in range(0, len(due), _CHUNK):
+            chunk = due[start : start + _CHUNK]
+            ids = [case_id for case_id, _ in chunk]
+            try:
+                outcome = await self._store.writer.submit(self._tick_job(ids, now))
+            except StoreError as exc:
+                log.error("engine_commit_failed", cases=len(ids), error=str(exc))
+                retry = now + _RETRY_AFTER_FAILED_COMMIT
+                for case_id in ids:
+                    self._push(case_id, retry)
+                continue
+            self._after_commit(outcome)
+        return len(due)
+
+    def _tick_job(
+        self, ids: list[int], now: datetime
+    ) -> Callable[[sqlite3.Connection], _JobOutcome]:
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome()
+            for case_id in ids:
+                case = case_store.load_case(conn, case_id)
+                if case is None or not case.is_open:
+                    continue
+                if case.next_step_at is not None and case.next_step_at > now:
+                    out.deadlines.append((case_id, case.next_step_at))  # an early hint
+                    continue
+                if case.escalation is None:
+                    self._route(conn, case, now, out)
+                elif case.escalation.phase is Phase.NEW:
+                    self._apply(conn, case, Open(now), now, out, actor=SYSTEM)
+                else:
+                    self._apply(conn, case, Tick(now), now, out, actor=SYSTEM)
+            return out
+
+        return job
+
+    def _facts(self, case: case_store.CaseRow, user: UserFacts | None) -> RouteFacts:
+        return RouteFacts(
+            tenant=case.tenant if user is not None else None,
+            kind=EventKind(case.kind),
+            priority=_priority(case.priority),
+            user_group=user.group if user else None,
+            plan_mode=_mode(user.plan.mode_override) if user and user.plan else None,
+            location=_location(user.location) if user else "home",
+            registered=user is not None,
+            protocol=case.protocol,
+        )
+
+    def _route(
+        self, conn: sqlite3.Connection, case: case_store.CaseRow, now: datetime, out: _JobOutcome
+    ) -> None:
+        user = user_facts(conn, case.user_id) if case.user_id is not None else None
+        facts = self._facts(case, user)
+        try:
+            decision = self._router(facts, now)
+        except Exception as exc:  # a rules bug must never cost an alarm its human
+            log.exception("routing_failed", case_id=case.id)
+            decision = centre_only(
+                self._fallback_centre,
+                "centre:routing-error",
+                f"routing failed ({exc.__class__.__name__}): straight to the centre",
+            )
+        plan = user.plan if user is not None else None
+        conn.execute(
+            "UPDATE cases SET mode = ?, rule = ?, queue = ?, policy = ?, plan = ?,"
+            " updated_at = ?, version = version + 1 WHERE id = ?",
+            (
+                decision.mode,
+                decision.rule,
+                decision.queue if case.category != Category.ALARM.value else "alarm",
+                json.dumps(case_store.policy_to_json(decision.policy)),
+                None if plan is None else json.dumps(plan.to_json(), ensure_ascii=False),
+                iso(now),
+                case.id,
+            ),
+        )
+        case_store.append_log(
+            conn,
+            case.id,
+            now,
+            SYSTEM,
+            "routed",
+            f"mode {decision.mode}, route {decision.rule}",
+            {"explanation": list(decision.explanation)},
+        )
+        metrics.CASES_ROUTED.labels(decision.mode).inc()
+        state = new_case(decision.policy)
+        routed = case_store.load_case(conn, case.id)
+        assert routed is not None
+        if decision.hold_until is not None and decision.hold_until > now:
+            self._save(conn, routed, state, decision.hold_until, now)
+            case_store.append_log(
+                conn,
+                case.id,
+                now,
+                SYSTEM,
+                "held",
+                f"held until {iso(decision.hold_until)} (outside the route's hours)",
+            )
+            out.deadlines.append((case.id, decision.hold_until))
+            out.changed.append(case.id)
+            return
+        self._apply(conn, routed, Open(now), now, out, actor=SYSTEM, state=state)
+
+    # --- door 3: people -----------------------------------------------------------------------
+
+    async def accept(self, case_id: int, who: str, *, is_operator: bool) -> CaseResult:
+        return await self._act(case_id, who, lambda now: Accept(who, now, is_operator))
+
+    async def decline(self, case_id: int, who: str) -> CaseResult:
+        return await self._act(case_id, who, lambda now: Decline(who, now))
+
+    async def on_site(self, case_id: int, who: str) -> CaseResult:
+        return await self._act(case_id, who, lambda now: OnSite(who, now))
+
+    async def close(self, case_id: int, who: str, outcome: str, note: str = "") -> CaseResult:
+        """Close with an ``Outcome``; raises ``ValueError`` for an unknown outcome."""
+        Outcome(outcome)
+        return await self._act(case_id, who, lambda now: Close(who, outcome, now), note=note)
+
+    async def note(self, case_id: int, who: str, text: str) -> CaseResult:
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome(case_id=case_id)
+            case = case_store.load_case(conn, case_id)
+            if case is None:
+                out.rejected = "no such case"
+                return out
+            now = self._clock.now()
+            case_store.append_log(conn, case_id, now, who, "note", text)
+            conn.execute(
+                "UPDATE cases SET updated_at = ?, version = version + 1 WHERE id = ?",
+                (iso(now), case_id),
+            )
+            out.changed.append(case_id)
+            return out
+
+        return await self._finish(job)
+
+    async def _act(
+        self, case_id: int, who: str, make: Callable[[datetime], Input], note: str = ""
+    ) -> CaseResult:
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome(case_id=case_id)
+            case = case_store.load_case(conn, case_id)
+            if case is None:
+                out.rejected = "no such case"
+                return out
+            now = self._clock.now()
+            event = make(now)
+            if case.escalation is None:
+                # not routed yet (the engine has it this instant): route first, then act
+                self._route(conn, case, now, out)
+                case = case_store.load_case(conn, case_id)
+                assert case is not None
+            state = case.escalation
+            assert state is not None
+            if state.phase is Phase.NEW and isinstance(event, Accept | OnSite):
+                # a held technical notice someone takes anyway: open it, then take it
+                self._apply(conn, case, Open(now), now, out, actor=SYSTEM)
+                case = case_store.load_case(conn, case_id)
+                assert case is not None
+            if note and isinstance(event, Close):
+                conn.execute("UPDATE cases SET close_note = ? WHERE id = ?", (note, case_id))
+            self._apply(conn, case, event, now, out, actor=who)
+            return out
+
+        return await self._finish(job)
+
+    async def _finish(self, job: Callable[[sqlite3.Connection], _JobOutcome]) -> CaseResult:
+        out = await self._store.writer.submit(job)
+        self._after_commit(out)
+        case = None
+        if out.case_id is not None:
+            case = await self._store.writer.submit(
+                lambda conn: case_store.load_case(conn, out.case_id or 0)
+            )
+        return CaseResult(case=case, rejected=out.rejected)
+
+    # --- carrying out what escalation decided -------------------------------------------------
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        case: case_store.CaseRow,
+        first: Input,
+        now: datetime,
+        out: _JobOutcome,
+        *,
+        actor: str,
+        state: CaseEscalation | None = None,
+    ) -> None:
+        """Feed ``first`` (and, for a Tick, every further due Tick) through ``step``, carry
+        out the actions, and store the new state: all in the caller's transaction."""
+        current = state if state is not None else case.escalation
+        assert current is not None
+        inputs: deque[Input] = deque([first])
+        ticks = 0
+        user_cache: dict[str, UserFacts | None] = {}
+        while inputs:
+            current, actions = step(current, inputs.popleft())
+            for action in actions:
+                inputs.extend(
+                    self._carry_out(conn, case, current, action, now, out, actor, user_cache)
+                )
+            if not inputs and isinstance(first, Tick):
+                due = current.next_step_at
+                if due is not None and due <= now and ticks < _MAX_TICKS:
+                    ticks += 1
+                    inputs.append(Tick(now))
+        self._save(conn, case, current, current.next_step_at, now)
+        if current.next_step_at is not None:
+            out.deadlines.append((case.id, current.next_step_at))
+        out.changed.append(case.id)
+
+    def _save(
+        self,
+        conn: sqlite3.Connection,
+        case: case_store.CaseRow,
+        state: CaseEscalation,
+        next_step_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        conn.execute(
+            "UPDATE cases SET state = ?, escalation = ?, next_step_at = ?, accepted_by = ?,"
+            " updated_at = ?, version = version + 1 WHERE id = ?",
+            (
+                state.phase.value,
+                json.dumps(case_store.escalation_to_json(state)),
+                None if next_step_at is None else iso(next_step_at),
+                state.accepted_by,
+                iso(now),
+                case.id,
+            ),
+        )
+
+    def _carry_out(
+        self,
+        conn: sqlite3.Connection,
+        case: case_store.CaseRow,
+        state: CaseEscalation,
+        action: Action,
+        now: datetime,
+        out: _JobOutcome,
+        actor: str,
+        user_cache: dict[str, UserFacts | None],
+    ) -> list[Input]:
+        cid = case.id
+        if isinstance(action, Notify):
+            return self._notify(conn, case, state, action, now, out, user_cache)
+        if isinstance(action, AlertCentre):
+            if action.repeat == 0:
+                message = "to the centre: the operators' pool has the alarm"
+            else:
+                message = (
+                    f"re-alert {action.repeat}: no operator has accepted; all operators and"
+                    " the supervisor alerted again"
+                )
+            case_store.append_log(
+                conn, cid, now, SYSTEM, "centre", message, {"repeat": action.repeat}
+            )
+            metrics.CENTRE_ALERTS.labels("first" if action.repeat == 0 else "repeat").inc()
+        elif isinstance(action, Accepted):
+            case_store.append_log(
+                conn,
+                cid,
+                now,
+                action.who,
+                "accepted",
+                f"accepted by {action.who}",
+                {"acks": sorted(action.acks)},
+            )
+            self._cancel_outbox(conn, cid, "accepted")
+        elif isinstance(action, Acknowledged):
+            case_store.append_log(
+                conn,
+                cid,
+                now,
+                action.who,
+                "acknowledged",
+                f"acknowledged by {action.who}; waiting for"
+                f" {', '.join(sorted(action.waiting_for))}",
+            )
+        elif isinstance(action, Declined):
+            case_store.append_log(
+                conn, cid, now, action.who, "declined", f"declined by {action.who}"
+            )
+        elif isinstance(action, Rejected):
+            out.rejected = action.reason
+            case_store.append_log(
+                conn, cid, now, action.who, "rejected", f"{action.who} refused: {action.reason}"
+            )
+        elif isinstance(action, MarkOnSite):
+            case_store.append_log(conn, cid, now, action.who, "on_site", f"on site: {action.who}")
+        elif isinstance(action, Closed):
+            conn.execute(
+                "UPDATE cases SET closed_at = ?, outcome = ? WHERE id = ?",
+                (iso(now), action.outcome, cid),
+            )
+            case_store.append_log(
+                conn, cid, now, action.who, "closed", f"closed by {action.who}: {action.outcome}"
+            )
+            self._cancel_outbox(conn, cid, "closed")
+            metrics.CASES_CLOSED.labels(action.outcome).inc()
+        elif isinstance(action, Escalated):
+            case_store.append_log(conn, cid, now, SYSTEM, "escalated", action.reason)
+        return []
+
+    def _notify(
+        self,
+        conn: sqlite3.Connection,
+        case: case_store.CaseRow,
+        state: CaseEscalation,
+        action: Notify,
+        now: datetime,
+        out: _JobOutcome,
+        user_cache: dict[str, UserFacts | None],
+    ) -> list[Input]:
+        cid = case.id
+        if action.step_index == CENTRE:
+            return []  # the console shows the case to the pool; AlertCentre logged it
+        if "user" not in user_cache:
+            user_cache["user"] = (
+                user_facts(conn, case.user_id) if case.user_id is not None else None
+            )
+        user = user_cache["user"]
+        reached: set[str] = set()
+        step_no = int(action.step_index) + 1
+        deadline = state.next_step_at
+        for recipient in action.recipients:
+            people, problem = resolve_recipient(conn, case.tenant, recipient, case.plan)
+            if problem:
+                case_store.append_log(
+                    conn, cid, now, SYSTEM, "notify_none", f"step {step_no}: {problem}"
+                )
+            for person in people:
+                used: list[str] = []
+                for channel in action.channels:
+                    if channel == "console":
+                        used.append(channel)
+                        continue
+                    address = person.channels.get(channel)
+                    if not address:
+                        continue
+                    payload = _payload(case, user, step_no, deadline, channel)
+                    inserted = conn.execute(
+                        "INSERT OR IGNORE INTO outbox (case_id, channel, person, address, payload,"
+                        " dedup_key, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            cid,
+                            channel,
+                            person.id,
+                            address,
+                            json.dumps(payload, ensure_ascii=False),
+                            f"case:{cid}:step:{step_no}:{person.id}:{channel}",
+                            iso(now),
+                            iso(now),
+                        ),
+                    ).rowcount
+                    out.outbox_rows += inserted
+                    used.append(channel)
+                if used:
+                    reached.add(person.id)
+                    case_store.append_log(
+                        conn,
+                        cid,
+                        now,
+                        SYSTEM,
+                        "notify",
+                        f"step {step_no}: notified {person.name} ({person.id})"
+                        f" by {', '.join(used)}",
+                        {"person": person.id, "channels": used, "step": step_no},
+                    )
+                else:
+                    case_store.append_log(
+                        conn,
+                        cid,
+                        now,
+                        SYSTEM,
+                        "notify_none",
+                        f"step {step_no}: {person.name} ({person.id}) has no address for"
+                        f" {', '.join(action.channels)}",
+                    )
+        return [NotifiedPeople(action.step_index, frozenset(reached))]
+
+    @staticmethod
+    def _cancel_outbox(conn: sqlite3.Connection, case_id: int, why: str) -> None:
+        conn.execute(
+            "UPDATE outbox SET status = 'cancelled', last_error = ? WHERE case_id = ?"
+            " AND status = 'pending'",
+            (f"case {why}", case_id),
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _priority(value: int) -> Priority:
+    try:
+        return Priority(value)
+    except ValueError:
+        return Priority.HIGH
+
+
+def _describe(event: Event) -> str:
+    where = f" zone {event.zone}" if event.zone else ""
+    return f"{event.kind.value} {event.condition.value} from {event.protocol} {event.source}{where}"
+
+
+def _payload(
+    case: case_store.CaseRow,
+    user: UserFacts | None,
+    step_no: int,
+    deadline: datetime | None,
+    channel: str,
+) -> dict[str, Any]:
+    """The least a carer needs to go: no surname, no key-box code, no health data.
+
+    The key box is never sent: the plan has no "key information may be sent" consent yet,
+    and a code in an SMS outlives the alarm (left for the MQTT/SMS issues to decide).
+    """
+    return {
+        "case_id": case.id,
+        "tenant": case.tenant,
+        "kind": case.kind,
+        "priority": case.priority,
+        "step": step_no,
+        "accept_by": None if deadline is None else iso(deadline),
+        "first_name": user.first_name if user else None,
+        "address": user.address if user else None,
+        "postcode": user.postcode if user else None,
+    }
+
+
+def _location(value: str) -> Location:
+    if value == "away":
+        return "away"
+    if value == "care_home":
+        return "care_home"
+    return "home"
+
+
+def _mode(value: str | None) -> Mode | None:
+    for mode in MODES:
+        if value == mode:
+            return mode
+    return None
