@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -23,6 +23,9 @@ from alarmd import metrics
 from alarmd.store import tokens
 from alarmd.store.db import Store
 from alarmd.store.events import list_events
+
+if TYPE_CHECKING:
+    from alarmd.routing.engine import Engine
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +39,7 @@ TOKEN_KEY: web.RequestKey[tokens.TokenInfo] = web.RequestKey("token", tokens.Tok
 class ApiContext:
     store: Store
     health: HealthCheck
+    engine: Engine | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
@@ -140,6 +144,10 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/v1/events", get_events)
+    # imported here: the route modules use this module's CONTEXT, TOKEN_KEY and ApiError
+    from alarmd.api import cases as cases_api
+
+    cases_api.add_routes(app)
     return app
 
 

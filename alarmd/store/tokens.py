@@ -29,6 +29,7 @@ class TokenInfo:
     name: str
     role: str
     tenants: tuple[str, ...] | None  # None means every tenant
+    person: str | None = None  # the person a staff member's token acts as ("staff:7")
 
     def sees_tenant(self, tenant: str | None) -> bool:
         return self.tenants is None or (tenant is not None and tenant in self.tenants)
@@ -43,7 +44,12 @@ def token_hash(token: str) -> str:
 
 
 def create_job(
-    name: str, role: str, tenants: tuple[str, ...] | None, token: str, now: datetime
+    name: str,
+    role: str,
+    tenants: tuple[str, ...] | None,
+    token: str,
+    now: datetime,
+    person: str | None = None,
 ) -> Callable[[sqlite3.Connection], int]:
     """A writer job that records a token's hash; returns the row id."""
     if role not in ROLES:
@@ -51,14 +57,15 @@ def create_job(
 
     def job(conn: sqlite3.Connection) -> int:
         cursor = conn.execute(
-            "INSERT INTO api_tokens (name, role, tenants, token_hash, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (name, role, tenants, token_hash, created_at, person)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (
                 name,
                 role,
                 "*" if tenants is None else ",".join(tenants),
                 token_hash(token),
                 iso(now),
+                person,
             ),
         )
         assert cursor.lastrowid is not None
@@ -74,7 +81,7 @@ def count_job(conn: sqlite3.Connection) -> int:
 async def lookup(reader: aiosqlite.Connection, token: str) -> TokenInfo | None:
     """The token's owner, or None if it is unknown or revoked."""
     async with reader.execute(
-        "SELECT id, name, role, tenants FROM api_tokens"
+        "SELECT id, name, role, tenants, person FROM api_tokens"
         " WHERE token_hash = ? AND revoked_at IS NULL",
         (token_hash(token),),
     ) as cursor:
@@ -82,4 +89,4 @@ async def lookup(reader: aiosqlite.Connection, token: str) -> TokenInfo | None:
     if row is None:
         return None
     tenants = None if row[3] == "*" else tuple(t for t in row[3].split(",") if t)
-    return TokenInfo(id=row[0], name=row[1], role=row[2], tenants=tenants)
+    return TokenInfo(id=row[0], name=row[1], role=row[2], tenants=tenants, person=row[4])

@@ -1,0 +1,174 @@
+"""Cases over the API: the queue, one case with its log, and what people do with a case.
+
+Who acts is the token's owner: an operator, supervisor or admin acts as
+``operator:<token name>`` and may take any case at any step; a home-care or supplier token
+acts as the person it was created for (``staff:<id>``) and may take only a case it was
+notified about (the escalation state machine checks that). A refusal (someone else holds
+the case, the case is closed) is a 409 that says why: a conflict is explained, never silent.
+
+Every request is scoped to the token's tenants; a case of another tenant is "not found",
+so a tenant-scoped token cannot even learn that it exists. Cases from unregistered sources
+(no tenant) are the centre's: only tokens for every tenant see them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from alarmd.api.server import CONTEXT, TOKEN_KEY, ApiError
+from alarmd.model import Outcome
+from alarmd.routing.engine import CaseResult, Engine
+from alarmd.store import cases as case_store
+from alarmd.store.tokens import TokenInfo
+
+CENTRE_ROLES = frozenset({"admin", "operator", "supervisor"})
+FIELD_ROLES = frozenset({"home_care", "supplier"})
+READ_ROLES = CENTRE_ROLES | FIELD_ROLES | {"tenant_admin", "auditor"}
+
+
+def _engine(request: web.Request) -> Engine:
+    engine = request.app[CONTEXT].engine
+    if engine is None:
+        raise ApiError(503, "unavailable", "the routing engine is not running")
+    return engine
+
+
+def _reader_role(info: TokenInfo) -> None:
+    if info.role not in READ_ROLES:
+        raise ApiError(403, "forbidden", f"role {info.role} may not read cases")
+
+
+def _actor(info: TokenInfo) -> tuple[str, bool]:
+    """The person id a token acts as, and whether that is a centre operator."""
+    if info.role in CENTRE_ROLES:
+        return f"operator:{info.name}", True
+    if info.role in FIELD_ROLES:
+        if not info.person:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"token {info.name} acts for nobody; create it for a staff member (person)",
+            )
+        return info.person, False
+    raise ApiError(403, "forbidden", f"role {info.role} may not act on cases")
+
+
+def _case_id(request: web.Request) -> int:
+    text = request.match_info["case_id"]
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, "bad_request", f"case id must be a number, got {text!r}")
+    return int(text)
+
+
+async def _visible_case(request: web.Request) -> tuple[case_store.CaseRow, list[dict[str, Any]]]:
+    info = request[TOKEN_KEY]
+    found = await case_store.get_case(request.app[CONTEXT].store.reader, _case_id(request))
+    if found is None or not info.sees_tenant(found[0].tenant):
+        raise ApiError(404, "not_found", "no such case")
+    return found
+
+
+async def list_cases(request: web.Request) -> web.Response:
+    info = request[TOKEN_KEY]
+    _reader_role(info)
+    query = request.rel_url.query
+    unknown = sorted(set(query) - {"state", "queue", "limit"})
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown parameter(s): {', '.join(unknown)}")
+    state = query.get("state", "open")
+    if state not in ("open", "all"):
+        raise ApiError(400, "bad_request", "state: 'open' or 'all'")
+    queue = query.get("queue")
+    if queue not in (None, "alarm", "technical"):
+        raise ApiError(400, "bad_request", "queue: 'alarm' or 'technical'")
+    try:
+        limit = int(query.get("limit", "500"))
+    except ValueError:
+        raise ApiError(400, "bad_request", "limit: a whole number") from None
+    if not 1 <= limit <= 5000:
+        raise ApiError(400, "bad_request", "limit: between 1 and 5000")
+    rows = await case_store.list_cases(
+        request.app[CONTEXT].store.reader,
+        tenants=info.tenants,
+        open_only=state == "open",
+        queue=queue,
+        limit=limit,
+    )
+    return web.json_response({"cases": [row.to_json() for row in rows]})
+
+
+async def get_case(request: web.Request) -> web.Response:
+    _reader_role(request[TOKEN_KEY])
+    case, log = await _visible_case(request)
+    body = case.to_json()
+    body["log"] = log
+    return web.json_response(body)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], key: str, *, required: bool, limit: int = 4000) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise ApiError(400, "bad_request", f"{key}: a string")
+    if required and not value.strip():
+        raise ApiError(400, "bad_request", f"{key}: required")
+    if len(value) > limit:
+        raise ApiError(400, "bad_request", f"{key}: at most {limit} characters")
+    return value
+
+
+def _answer(result: CaseResult) -> web.Response:
+    if result.case is None:
+        raise ApiError(404, "not_found", "no such case")
+    if result.rejected is not None:
+        return web.json_response(
+            {"error": "conflict", "message": result.rejected, "case": result.case.to_json()},
+            status=409,
+        )
+    return web.json_response(result.case.to_json())
+
+
+async def act(request: web.Request) -> web.Response:
+    """POST /api/v1/cases/{id}/{accept|decline|on_site|close|note}."""
+    info = request[TOKEN_KEY]
+    who, is_operator = _actor(info)
+    await _visible_case(request)
+    engine = _engine(request)
+    case_id = _case_id(request)
+    action = request.match_info["action"]
+    data = await _json_body(request)
+    if action == "accept":
+        return _answer(await engine.accept(case_id, who, is_operator=is_operator))
+    if action == "decline":
+        return _answer(await engine.decline(case_id, who))
+    if action == "on_site":
+        return _answer(await engine.on_site(case_id, who))
+    if action == "note":
+        return _answer(await engine.note(case_id, who, _text(data, "text", required=True)))
+    if action == "close":
+        outcome = data.get("outcome")
+        known = [o.value for o in Outcome]
+        if outcome not in known:
+            raise ApiError(400, "bad_request", f"outcome: one of {', '.join(known)}")
+        note = _text(data, "note", required=False)
+        return _answer(await engine.close(case_id, who, str(outcome), note))
+    raise ApiError(404, "not_found", f"no action {action!r}")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/cases", list_cases)
+    app.router.add_get(r"/api/v1/cases/{case_id}", get_case)
+    app.router.add_post(r"/api/v1/cases/{case_id}/{action:accept|decline|on_site|close|note}", act)
