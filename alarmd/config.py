@@ -3,10 +3,14 @@
 What lives here
 ---------------
 * The schema, as frozen pydantic models that forbid unknown keys: ``AlarmdConfig`` (the main
-  file: ``data_dir``, ``log``, ``api``, ``store``, ``dc09``, ``accounts_file``) and
-  ``AccountConfig`` (one entry of the accounts file). Every setting has a default, so an empty
-  main file is a valid configuration.
-* ``load_config(path)``, ``load_accounts(path)`` and ``check_config(path)``.
+  file: ``data_dir``, ``log``, ``api``, ``store``, ``dc09``, ``accounts_file``, ``routing``)
+  and ``AccountConfig`` (one entry of the accounts file). Every setting has a default, so an
+  empty main file is a valid configuration.
+* ``load_config(path)``, ``load_accounts(path)`` and ``check_config(path)``. Both ``load_config``
+  and ``check_config`` also load the routing files the ``routing`` section names (the centre
+  file and every tenant file, whose route tests must pass: ``alarmd.routing.config``), so a
+  daemon never starts or reloads with routing that is broken; those files count in
+  ``source_files`` and ``config_hash`` too.
 * ``ConfigProblem`` / ``ConfigError``: what goes wrong, located in the file.
 
 Theory of operation
@@ -86,6 +90,7 @@ __all__ = [
     "Dc09Config",
     "Listen",
     "LogConfig",
+    "RoutingFiles",
     "StoreConfig",
     "TimestampConfig",
     "check_config",
@@ -409,6 +414,19 @@ def _not_empty_path(value: Any) -> Any:
     return value
 
 
+class RoutingFiles(_Section):
+    """Where the routing configuration lives (``alarmd.routing.config`` loads it).
+
+    Both paths are relative to the main file's directory and stay as written here. Without a
+    ``centre`` file the centre has its defaults (accept within 2 min, re-alert every minute, on
+    the console); without ``tenants`` no tenant has routes, so every alarm goes to the centre's
+    operators (the response service). An absent ``routing`` section is exactly that.
+    """
+
+    centre: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None  # the centre file
+    tenants: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None  # <slug>.yaml files
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -419,6 +437,8 @@ class _MainFile(_Section):
     dc09: Dc09Config = Field(default_factory=Dc09Config)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
+    # absent: no tenant routes, the centre with its defaults (see RoutingFiles)
+    routing: RoutingFiles = Field(default_factory=RoutingFiles)
 
 
 class _AccountsFile(_Section):
@@ -625,7 +645,10 @@ def _parse(file: str, raw: bytes, problems: list[ConfigProblem]) -> _Document | 
 
 
 def _unwrap(tp: Any) -> Any:
-    """``X | None`` -> ``X``: to walk the schema along an error's loc."""
+    """``X | None`` -> ``X`` and ``Annotated[X, ...]`` -> ``X``: to walk the schema along an
+    error's loc."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -644,6 +667,8 @@ def _keys_at(model: type[BaseModel], loc: _Loc) -> list[str] | None:
             tp = tp.model_fields[part].annotation
         elif typing.get_origin(tp) in (tuple, list) and isinstance(part, int):
             tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (dict, Mapping) and len(typing.get_args(tp)) == 2:
+            tp = typing.get_args(tp)[1]  # a mapping of names to sections (routing policies)
         else:
             return None
     tp = _unwrap(tp)
@@ -815,6 +840,16 @@ def _load(path: Path) -> tuple[AlarmdConfig | None, list[ConfigProblem]]:
             contents.append(accounts_raw)
             accounts = _accounts_from(str(accounts_path), accounts_raw, problems)
 
+    # The routing files are checked even when the rest has problems, like the accounts file.
+    routing = main.routing if main is not None else _routing_section(doc)
+    if routing is not None:
+        from alarmd.routing.config import read_routing  # imports this module
+
+        loaded = read_routing(routing, path.parent, doc)
+        files += loaded.files
+        contents += loaded.contents
+        problems += loaded.problems
+
     if problems or main is None:
         return None, _sorted(problems, [str(f) for f in files])
     settings = {name: getattr(main, name) for name in _MainFile.model_fields}
@@ -830,9 +865,18 @@ def _load(path: Path) -> tuple[AlarmdConfig | None, list[ConfigProblem]]:
     return config, []
 
 
+def _routing_section(doc: _Document) -> RoutingFiles | None:
+    """The ``routing`` section of a main file that has problems elsewhere, if it is valid."""
+    value = doc.data.get("routing") if isinstance(doc.data, dict) else None
+    try:
+        return RoutingFiles.model_validate(value)
+    except ValidationError:
+        return None  # reported by the main file's validation
+
+
 def load_config(path: str | Path) -> AlarmdConfig:
-    """Load the main file and the accounts file it names; raise ``ConfigError`` listing every
-    problem found in either."""
+    """Load the main file and the accounts and routing files it names; raise ``ConfigError``
+    listing every problem found in any of them (a failing route test is one)."""
     config, problems = _load(Path(path))
     if problems:
         raise ConfigError(problems)
