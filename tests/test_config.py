@@ -19,6 +19,7 @@ from alarmd.config import (
     ConfigError,
     ConfigProblem,
     Listen,
+    RoutingFiles,
     check_config,
     default_config_path,
     load_accounts,
@@ -30,6 +31,8 @@ from alarmd.protocols.dc09 import KeyFormat, StalePolicy
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "alarmd.example.yaml"
 EXAMPLE_ACCOUNTS = REPO / "config" / "accounts.example.yaml"
+EXAMPLE_CENTRE = REPO / "config" / "centre.example.yaml"
+EXAMPLE_TENANTS = REPO / "config" / "tenants"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
 
 EXAMPLE_KEYS = (
@@ -73,7 +76,14 @@ def test_example_files_load() -> None:
     assert (policy.ahead.total_seconds(), policy.behind.total_seconds()) == (20, 40)
     assert policy.stale_clear_text is StalePolicy.ACCEPT_AND_FLAG
     assert config.accounts_file == EXAMPLE.parent / "accounts.example.yaml"
-    assert config.source_files == (EXAMPLE.resolve(), EXAMPLE_ACCOUNTS.resolve())
+    assert config.source_files == (
+        EXAMPLE.resolve(),
+        EXAMPLE_ACCOUNTS.resolve(),
+        EXAMPLE_CENTRE.resolve(),
+        *sorted(p.resolve() for p in EXAMPLE_TENANTS.glob("*.yaml")),
+    )
+    assert config.routing.centre == Path("centre.example.yaml")  # as written; see RoutingFiles
+    assert config.routing.tenants == Path("tenants")
     assert len(config.config_hash) == 64
 
 
@@ -121,6 +131,7 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     )
     assert config.accounts == {}
     assert config.accounts_file is None
+    assert config.routing == RoutingFiles(centre=None, tenants=None)  # the centre's defaults
     assert config.source_files == (path.resolve(),)
 
 
@@ -210,11 +221,17 @@ def test_config_hash_follows_the_bytes_of_every_file(tmp_path: Path) -> None:
     main = tmp_path / "alarmd.yaml"
     shutil.copy(EXAMPLE, main)
     shutil.copy(EXAMPLE_ACCOUNTS, tmp_path / "accounts.example.yaml")
+    shutil.copy(EXAMPLE_CENTRE, tmp_path / "centre.example.yaml")
+    shutil.copytree(EXAMPLE_TENANTS, tmp_path / "tenants")
     first = load_config(main).config_hash
     assert load_config(main).config_hash == first
     with (tmp_path / "accounts.example.yaml").open("a") as handle:
         handle.write("# a comment is a change too\n")
-    assert load_config(main).config_hash != first
+    second = load_config(main).config_hash
+    assert second != first
+    with (tmp_path / "tenants" / "demo-bydel.yaml").open("a") as handle:
+        handle.write("# and so is one in a tenant file\n")
+    assert load_config(main).config_hash != second
 
 
 def test_key_format_without_key(tmp_path: Path) -> None:
