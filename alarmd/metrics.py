@@ -139,3 +139,24 @@ CONFIG_HASH = Info(
     "Hash of the configuration files in force.",
     registry=REGISTRY,
 )
+
+# --- notify (alarmd/notify: the outbox dispatcher and its channels) --------------------
+NOTIFICATIONS = Counter(
+    "alarmd_notifications_total",
+    "Notification outcomes recorded, by channel and result (sent, retry, failed).",
+    ["channel", "result"],
+    registry=REGISTRY,
+)
+NOTIFICATION_DELIVERY_SECONDS = Histogram(
+    "alarmd_notification_delivery_seconds",
+    "Time one delivery attempt took, success or not, by channel.",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+OUTBOX_PENDING = Gauge(
+    "alarmd_outbox_pending",
+    "Outbox rows waiting to be delivered (due now or waiting for a retry).",
+    registry=REGISTRY,
+)
+# --- end of notify ---------------------------------------------------------------------
