@@ -66,7 +66,7 @@ import re
 import types
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 from urllib.parse import urlsplit
@@ -277,6 +277,9 @@ class TenantConfig:
     tests: tuple[RouteTest, ...]
     file: str
     plan_policy: str | None = None
+    # rules.decide's memo: per local date, which windows are active when (a pure function
+    # of ``windows``, kept with them so that a reload starts afresh). Never compared.
+    day_memo: dict[date, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

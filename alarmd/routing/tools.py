@@ -51,7 +51,7 @@ from alarmd.routing.config import (
     read_routing,
 )
 from alarmd.routing.decision import MODES, Decision, Location, Mode, RouteFacts
-from alarmd.routing.rules import decide, first_recipients, mismatch
+from alarmd.routing.rules import active_windows, decide, first_recipients, mismatch
 from alarmd.routing.schedules import OSLO, Interval, window_intervals
 
 __all__ = [
@@ -384,7 +384,7 @@ def _location(value: str) -> Location:
 
 
 def _skipped(t: TenantConfig, facts: RouteFacts, at: datetime, rule: str) -> list[str]:
-    active = frozenset(name for name, w in t.windows.items() if w.contains(at))
+    active = frozenset(active_windows(t, at))
     lines = []
     for route in t.routes:
         if route.name == rule:
