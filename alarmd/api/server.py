@@ -146,8 +146,10 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/api/v1/events", get_events)
     # imported here: the route modules use this module's CONTEXT, TOKEN_KEY and ApiError
     from alarmd.api import cases as cases_api
+    from alarmd.api import directory as directory_api
 
     cases_api.add_routes(app)
+    directory_api.add_routes(app)
     return app
 
 
