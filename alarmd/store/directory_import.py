@@ -163,12 +163,14 @@ from alarmd.store.db import iso
 __all__ = [
     "CHANNELS",
     "DEVICE_PROTOCOLS",
+    "KEEPABLE",
     "STAFF_ROLES",
     "ContactData",
     "Counts",
     "DeviceData",
     "DeviceProtocol",
     "DirectoryData",
+    "Format",
     "ImportConflict",
     "ImportSummary",
     "PlanData",
@@ -326,8 +328,10 @@ class DirectoryData:
 
 @dataclass(slots=True)
 class Counts:
-    """How many entries of one kind an import created, updated, left unchanged or removed
-    (``removed``: only contacts dropped from a user's list; nothing else is deleted)."""
+    """How many entries of one kind an import created, updated, left unchanged or removed.
+
+    ``removed``: only contacts dropped from a user's list (nothing else is deleted). A device
+    unlinked from its user, or a team whose members changed, counts as ``updated``."""
 
     created: int = 0
     updated: int = 0
@@ -831,8 +835,8 @@ _REQUIRED_COLUMNS = ("tenant", "ref", "first_name", "last_name")
 _COLUMNS = (*_USER_COLUMNS, *_PLAN_COLUMNS, *_DEVICE_COLUMNS)
 _TRUE = frozenset({"yes", "ja", "true", "1", "y", "j"})
 _FALSE = frozenset({"no", "nei", "false", "0", "n"})
-# Cells that describe the user (and must agree on a user's further rows), and the KEEPABLE
-# field each column manages.
+# Cells that describe the user (a user's further rows must leave them empty or agree), and
+# the columns whose absence leaves a KEEPABLE field unmanaged (devices and contacts: below).
 _USER_CELLS = (*_USER_COLUMNS[2:], *_PLAN_COLUMNS)
 _MANAGED_BY_COLUMN = ("address", "postcode", "phone", "group", "location", "active", *_PLAN_COLUMNS)
 
@@ -960,9 +964,8 @@ class _CsvParser:
                 fields_ = ", ".join(f"contact{contact.group(1)}_{f}" for f in _CONTACT_FIELDS)
                 problem = f"unknown column {name!r}; a contact's columns are {fields_}"
             elif contact is None and name not in _COLUMNS:
-                problem = f"unknown column {name!r}" + _hint(name, known)
-                if not _hint(name, known):
-                    problem += "; see the top of alarmd/store/directory_import.py"
+                hint = _hint(name, known) or "; see the top of alarmd/store/directory_import.py"
+                problem = f"unknown column {name!r}{hint}"
             if problem is not None:
                 self.problems.append(ConfigProblem(self.file, self.header_line, col, problem))
                 continue
