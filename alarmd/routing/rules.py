@@ -120,6 +120,7 @@ def decide(config: RoutingConfig, facts: RouteFacts, now: datetime) -> Decision:
     hold_until = None
     if technical:
         if route.wake_operators:
+            queue = "alarm"
             lines.append(
                 "technical event, wake_operators: true: in the alarm queue, operators alerted"
             )
