@@ -399,6 +399,13 @@ def _local(instant: datetime) -> str:
     return f"{instant.astimezone(OSLO):%a %Y-%m-%d %H:%M}"
 
 
+def _length(span: timedelta) -> str:
+    """Real time, so that the nights of the clock changes show as 9 h and 11 h."""
+    minutes = int(span.total_seconds()) // 60
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def _describe_gaps(gaps: Sequence[Gap]) -> list[str]:
     """Gaps grouped: kinds and locations that share the same intervals are one line."""
     by_intervals: dict[tuple[Interval, ...], dict[Location, list[EventKind]]] = defaultdict(
@@ -421,7 +428,10 @@ def _describe_gaps(gaps: Sequence[Gap]) -> list[str]:
                 else ", ".join(k.value for k in kinds)
             )
             lines.append(f"  {what} at {', '.join(where)}: no route")
-            lines += [f"    {_local(b)} - {_local(e)} Europe/Oslo" for b, e in intervals]
+            lines += [
+                f"    {_local(b)} - {_local(e)} Europe/Oslo ({_length(e - b)})"
+                for b, e in intervals
+            ]
     return lines
 
 
