@@ -1048,7 +1048,11 @@ def _tenant_paths(
         message = f"tenants directory not found: {directory}"
         problems.append(_main_problem(main_doc, ("routing", "tenants"), message))
         return []
-    return sorted(directory.glob("*.yaml"))
+    for other in sorted(directory.glob("*.yml")):
+        message = f"tenant files end in .yaml; {other.name} would be ignored: rename it"
+        problems.append(ConfigProblem(str(other), 1, 1, message))
+    # hidden files are editors' (".#x.yaml" locks, swap files), never tenants
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("."))
 
 
 def read_routing(

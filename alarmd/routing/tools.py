@@ -365,8 +365,24 @@ def routes_explain(
     )
     if decision.hold_until is not None:
         summary += f", held until {decision.hold_until:%Y-%m-%dT%H:%MZ}"
+    lines += _disabled_webhooks(config, decision)
     lines.append(summary)
     return EXIT_OK, "\n".join(lines)
+
+
+def _disabled_webhooks(config: RoutingConfig, decision: Decision) -> list[str]:
+    names = {
+        channel.removeprefix("webhook:")
+        for s in decision.policy.steps
+        for channel in s.channels
+        if channel.startswith("webhook:")
+    }
+    return [
+        f"note: webhook {name!r} is disabled ({hook.disabled_reason}): deliveries to it fail,"
+        " so its step escalates"
+        for name in sorted(names)
+        if (hook := config.webhooks.get(name)) is not None and not hook.enabled
+    ]
 
 
 def _mode(value: str | None) -> Mode | None:

@@ -144,12 +144,20 @@ def test_explain_christmas_eve_night() -> None:
     ]
 
 
-def test_explain_a_held_technical_notice_across_the_clock_change() -> None:
+def test_explain_a_held_technical_notice_across_the_clock_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ALARMD_SUPPLIER_WEBHOOK_SECRET", raising=False)
     code, text = routes_explain(
         EXAMPLE, "eksempel-kommune", "battery_low", "2026-03-28T23:00", "home", None, None
     )
     assert code == 0
     assert "held until 2026-03-30 08:00 Europe/Oslo (window 'office-hours' opens)" in text
+    assert (
+        "note: webhook 'supplier-desk' is disabled (environment variable"
+        " ALARMD_SUPPLIER_WEBHOOK_SECRET is not set (optional: disabled)): deliveries to it"
+        " fail, so its step escalates"
+    ) in text.splitlines()
     assert text.endswith(
         "=> mode routing, rule technical-to-supplier, queue technical, first recipients:"
         " team:leverandor-service, held until 2026-03-30T06:00Z"

@@ -665,6 +665,16 @@ def test_missing_files_are_reported_in_the_main_file(tmp_path: Path) -> None:
     ]
 
 
+def test_tenant_files_end_in_yaml(tmp_path: Path) -> None:
+    main = write(tmp_path, HEAD + "routes: []\n")
+    (tmp_path / "tenants" / "other.yml").write_text("tenant: other\n")
+    (tmp_path / "tenants" / ".#t.yaml").write_text("an editor's lock file, not YAML: [\n")
+    assert [str(p) for p in check_config(main)] == [
+        f"{tmp_path}/tenants/other.yml:1:1: tenant files end in .yaml; other.yml would be"
+        " ignored: rename it"
+    ]
+
+
 def test_routing_section_is_strict(tmp_path: Path) -> None:
     main = tmp_path / "alarmd.yaml"
     main.write_text("routing:\n  centre_file: c.yaml\n")
