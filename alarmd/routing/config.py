@@ -106,8 +106,10 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_ACCEPTED_DEADLINE",
     "DEFAULT_OPERATORS",
+    "LOCATIONS",
     "CentreConfig",
     "Expectation",
+    "LoadedRouting",
     "Match",
     "Route",
     "RouteTest",
@@ -877,11 +879,12 @@ def _build_tenant(
             rule=t.expect.rule,
             queue=t.expect.queue,
         )
+        priority = t.event.priority  # Priority.NONE is 0: compare with None, not truth
         tests.append(
             RouteTest(
                 name=t.name,
                 kind=t.event.kind,
-                priority=t.event.priority or t.event.kind.default_priority,
+                priority=t.event.kind.default_priority if priority is None else priority,
                 at=t.at,
                 expect=expect,
                 location=t.location,

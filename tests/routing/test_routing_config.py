@@ -699,6 +699,30 @@ def test_every_problem_of_every_file_at_once(tmp_path: Path) -> None:
     ]
 
 
+def test_test_priority_defaults_to_the_kinds() -> None:
+    tenant = tenant_from_data(
+        {
+            "tenant": "x",
+            "name": "X",
+            "routes": [{"name": "all", "mode": "response"}],
+            "tests": [
+                {
+                    "name": n,
+                    "event": event,
+                    "at": "2026-11-24T10:00",
+                    "expect": {"mode": "response"},
+                }
+                for n, event in (
+                    ("default", {"kind": "fall"}),
+                    ("none", {"kind": "fall", "priority": "none"}),
+                    ("low", {"kind": "fall", "priority": "low"}),
+                )
+            ],
+        }
+    )
+    assert [t.priority for t in tenant.tests] == [Priority.CRITICAL, Priority.NONE, Priority.LOW]
+
+
 def test_tenant_from_data() -> None:
     tenant = tenant_from_data(
         {"tenant": "x", "name": "X", "routes": [{"name": "all", "mode": "response"}]}
