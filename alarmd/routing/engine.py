@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import json
 import sqlite3
@@ -540,8 +541,9 @@ class Engine:
         )
         metrics.CASES_ROUTED.labels(decision.mode).inc()
         state = new_case(decision.policy)
-        routed = case_store.load_case(conn, case.id)
-        assert routed is not None
+        routed = dataclasses.replace(
+            case, policy=decision.policy, plan=plan, mode=decision.mode, rule=decision.rule
+        )
         if decision.hold_until is not None and decision.hold_until > now:
             self._save(conn, routed, state, decision.hold_until, now)
             case_store.append_log(
@@ -555,7 +557,9 @@ class Engine:
             out.deadlines.append((case.id, decision.hold_until))
             out.changed.append(case.id)
             return
-        self._apply(conn, routed, Open(now), now, out, actor=SYSTEM, state=state)
+        self._apply(
+            conn, routed, Open(now), now, out, actor=SYSTEM, state=state, user={"user": user}
+        )
 
     # --- door 3: people -----------------------------------------------------------------------
 
@@ -643,6 +647,7 @@ class Engine:
         *,
         actor: str,
         state: CaseEscalation | None = None,
+        user: dict[str, UserFacts | None] | None = None,
     ) -> None:
         """Feed ``first`` (and, for a Tick, every further due Tick) through ``step``, carry
         out the actions, and store the new state: all in the caller's transaction."""
@@ -650,7 +655,7 @@ class Engine:
         assert current is not None
         inputs: deque[Input] = deque([first])
         ticks = 0
-        user_cache: dict[str, UserFacts | None] = {}
+        user_cache: dict[str, UserFacts | None] = {} if user is None else user
         while inputs:
             current, actions = step(current, inputs.popleft())
             for action in actions:
@@ -789,11 +794,14 @@ class Engine:
                 )
             for person in people:
                 used: list[str] = []
-                for channel in action.channels:
-                    if channel == "console":
-                        used.append(channel)
+                for spec in action.channels:
+                    if spec == "console":
+                        used.append(spec)
                         continue
-                    address = person.channels.get(channel)
+                    # "webhook:NAME" names the endpoint in the policy; otherwise the
+                    # person's own address for the channel
+                    channel, _, endpoint = spec.partition(":")
+                    address = endpoint or person.channels.get(channel)
                     if not address:
                         continue
                     payload = _payload(case, user, step_no, deadline, channel)
