@@ -23,7 +23,7 @@ import resource
 import signal
 import socket
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,27 @@ import structlog
 
 from alarmd import __version__, metrics
 from alarmd.api.server import ApiContext, ApiServer
-from alarmd.clock import Clock, SystemClock
-from alarmd.config import AlarmdConfig, ConfigError, load_config
+from alarmd.clock import Clock, FakeClock, SystemClock
+from alarmd.config import AlarmdConfig, ConfigError, default_config_path, load_config
 from alarmd.intake import Intake
+from alarmd.notify.outbox import Dispatcher
+from alarmd.notify.webhook import WebhookChannel, WebhookEndpoint
 from alarmd.protocols.dc09 import Dc09Account
+from alarmd.routing import rules
+from alarmd.routing.config import RoutingConfig, default_routing, load_routing
+from alarmd.routing.decision import Decision, RouteFacts
+from alarmd.routing.engine import Engine
 from alarmd.store import tokens
 from alarmd.store.db import Store
+from alarmd.store.directory_import import import_job, parse_directory
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
 
 log = structlog.get_logger(__name__)
 
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 RUN_FILE = "run.json"
+# notification channels this daemon delivers; sms and mqtt come with their transports
+CHANNELS = ("console", "webhook")
 
 
 class StartupError(Exception):
@@ -67,6 +76,10 @@ class Daemon:
         self.intake: Intake | None = None
         self.dc09: Dc09Receiver | None = None
         self.api: ApiServer | None = None
+        self.engine: Engine | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.webhooks: WebhookChannel | None = None
+        self.routing: RoutingConfig = default_routing()
         self._stopping = asyncio.Event()
         self._dc09_accounts: dict[str, Dc09Account] = {}
         self._tenants: dict[str, str] = {}
@@ -76,6 +89,27 @@ class Daemon:
     def _apply_accounts(self, config: AlarmdConfig) -> None:
         self._dc09_accounts = {acct: a.to_dc09() for acct, a in config.accounts.items()}
         self._tenants = {acct: a.tenant for acct, a in config.accounts.items()}
+
+    def _load_routing(self, config: AlarmdConfig) -> RoutingConfig:
+        """The routing files were checked by ``load_config``; this builds them."""
+        return load_routing(config, self.config_path)
+
+    def _route(self, facts: RouteFacts, now: datetime) -> Decision:
+        return rules.decide(self.routing, facts, now)
+
+    def _webhook_endpoints(self) -> dict[str, WebhookEndpoint]:
+        endpoints = {}
+        for name, hook in self.routing.webhooks.items():
+            if hook.secret is None:
+                log.warning("webhook_disabled", endpoint=name, reason=hook.disabled_reason)
+                continue
+            endpoints[name] = WebhookEndpoint(
+                name=name,
+                url=hook.url,
+                secret=hook.secret.get_secret_value().encode(),
+                timeout_s=hook.timeout_s,
+            )
+        return endpoints
 
     def _tenant_of(self, protocol: str, source: str) -> str | None:
         if protocol == "dc09":
@@ -101,13 +135,41 @@ class Daemon:
             raise StartupError(f"cannot open the store {store_path}: {exc}") from exc
         await self._ensure_admin_token()
 
+        try:
+            self.routing = self._load_routing(config)
+        except ConfigError as exc:
+            raise StartupError(f"routing configuration:\n{exc}") from exc
         self.intake = Intake(
             self.store,
             dedup_window=timedelta(seconds=config.store.dedup_window_s),
             tenant_of=self._tenant_of,
         )
+        # cases open in the events' own transaction; routing and deadlines run after it
+        self.engine = Engine(
+            self.store,
+            self.clock,
+            self._route,
+            fallback_centre=self.routing.centre.operators,
+            channels=frozenset(CHANNELS),
+        )
+        self.intake.set_case_hook(self.engine.on_event)
+        self.intake.add_listener(self.engine.events_committed)
+        self.webhooks = WebhookChannel(self._webhook_endpoints(), self.clock)
+        self.dispatcher = Dispatcher(self.store, self.clock, {"webhook": self.webhooks})
+        self.engine.on_outbox(self.dispatcher.wake)
+        await self._seed_example_directory()
+        await self.engine.load()
+        self.engine.start()
+        self.dispatcher.start()
         self.api = ApiServer(
-            ApiContext(store=self.store, health=self.health), config.api.host, config.api.port
+            ApiContext(
+                store=self.store,
+                health=self.health,
+                engine=self.engine,
+                advance_clock=self._advance_clock if isinstance(self.clock, FakeClock) else None,
+            ),
+            config.api.host,
+            config.api.port,
         )
         try:
             await self.api.start()
@@ -162,6 +224,15 @@ class Daemon:
         if self.dc09 is not None:
             await self.dc09.stop()
             self.dc09 = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
+        if self.webhooks is not None:
+            await self.webhooks.close()
+            self.webhooks = None
         if self.api is not None:
             await self.api.stop()
             self.api = None
@@ -220,9 +291,20 @@ class Daemon:
         for section in ("api", "dc09", "store"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("config_change_needs_restart", section=section)
+        try:
+            routing = self._load_routing(new)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOAD_OK.set(0)
+            log.error("config_reload_failed_keeping_old", problems=[str(p) for p in exc.problems])
+            return False
         self._apply_accounts(new)
         if self.intake is not None:
             self.intake.set_tenant_lookup(self._tenant_of)
+        self.routing = routing  # new cases only: running ones keep their snapshots
+        if self.engine is not None:
+            self.engine.set_router(self._route, routing.centre.operators)
+        if self.webhooks is not None:
+            self.webhooks.set_endpoints(self._webhook_endpoints())
         self.config = new
         metrics.CONFIG_RELOAD_OK.set(1)
         metrics.CONFIG_HASH.info({"sha256": new.config_hash})
@@ -255,6 +337,32 @@ class Daemon:
             await asyncio.sleep(interval / 2)
             if self.health()["status"] == "ok":
                 sd_notify("WATCHDOG=1")
+
+    def _advance_clock(self, seconds: float) -> None:
+        """Tests only (``ALARMD_TEST_CLOCK``): move the daemon's time and look at deadlines."""
+        assert isinstance(self.clock, FakeClock)
+        self.clock.advance(seconds)
+        if self.engine is not None:
+            self.engine.wake()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _seed_example_directory(self) -> None:
+        """The embedded default imports the example directory into an empty database, so a
+        newcomer's first simulated alarm has a user, a plan and a team to route to."""
+        assert self.store is not None
+        if self.config_path is None or self.config_path != default_config_path():
+            return
+        empty = await self.store.writer.submit(
+            lambda conn: conn.execute("SELECT count(*) FROM tenants").fetchone()[0] == 0
+        )
+        example = self.config_path.parent / "directory.example.yaml"
+        if not empty or not example.exists():
+            return
+        summary = await self.store.writer.submit(
+            import_job(parse_directory(example), self.clock.now(), "alarmd:example")
+        )
+        log.info("example_directory_imported", path=str(example), **summary.to_json())
 
     # --- files in the data directory -------------------------------------------------------
 

@@ -82,8 +82,20 @@ def _run(config_path: Path | None, data_dir: Path | None) -> int:
         return 2
     log.configure(config.log.level, config.log.format)
     directory = data_dir or Path(config.data_dir)
+    clock = None
+    test_clock = os.environ.get("ALARMD_TEST_CLOCK")
+    if test_clock:
+        # tests only: time stands still until moved through POST /api/v1/debug/clock
+        from alarmd.clock import FakeClock
+
+        start = datetime.fromisoformat(test_clock.replace("Z", "+00:00"))
+        if start.tzinfo is None:
+            print("alarmd: ALARMD_TEST_CLOCK needs a UTC offset", file=sys.stderr)
+            return 2
+        clock = FakeClock(start)
+        print(f"alarmd: running on a test clock starting {start.isoformat()}", file=sys.stderr)
     try:
-        run_async(Daemon(config, directory, config_path=config_path).run())
+        run_async(Daemon(config, directory, clock=clock, config_path=config_path).run())
     except StartupError as exc:
         print(f"alarmd: {exc}", file=sys.stderr)
         return 1

@@ -126,11 +126,17 @@ def seed_directory(conn: sqlite3.Connection) -> None:
 
 
 class World:
-    def __init__(self, store: Store, clock: FakeClock, router: Router) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: FakeClock,
+        router: Router,
+        channels: frozenset[str] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.router = router
-        self.engine = Engine(store, clock, router)
+        self.engine = Engine(store, clock, router, channels=channels)
         self.intake = Intake(
             store, dedup_window=timedelta(hours=24), tenant_of=lambda p, s: "eksempel-kommune"
         )

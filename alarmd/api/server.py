@@ -40,6 +40,8 @@ class ApiContext:
     store: Store
     health: HealthCheck
     engine: Engine | None = None
+    # tests only: the daemon runs on a fake clock (ALARMD_TEST_CLOCK) moved through the API
+    advance_clock: Callable[[float], None] | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
@@ -150,7 +152,26 @@ def create_app(context: ApiContext) -> web.Application:
 
     cases_api.add_routes(app)
     directory_api.add_routes(app)
+    if context.advance_clock is not None:
+        app.router.add_post("/api/v1/debug/clock", advance_clock)
     return app
+
+
+async def advance_clock(request: web.Request) -> web.Response:
+    """Tests only (the daemon was started with ALARMD_TEST_CLOCK): move its time forward."""
+    if request[TOKEN_KEY].role != "admin":
+        raise ApiError(403, "forbidden", "only an admin token may move the clock")
+    try:
+        data = await request.json()
+        seconds = float(data["advance_s"])
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(400, "bad_request", 'send {"advance_s": seconds}') from None
+    if not 0 <= seconds <= 366 * 86400:
+        raise ApiError(400, "bad_request", "advance_s: between 0 and a year")
+    advance = request.app[CONTEXT].advance_clock
+    assert advance is not None
+    advance(seconds)
+    return web.json_response({"advanced_s": seconds})
 
 
 class ApiServer:

@@ -139,7 +139,13 @@ class Engine:
         router: Router,
         *,
         fallback_centre: CentreStep = FALLBACK_CENTRE,
+        channels: frozenset[str] | None = None,
     ) -> None:
+        """``channels``: the notification channels this daemon can deliver (``console``
+        always); a step's other channels are logged as unavailable and reach nobody, so a
+        step nobody can be reached in escalates at once instead of waiting out its deadline.
+        ``None`` takes every channel as available (tests of the engine alone)."""
+        self._channels = None if channels is None else channels | {"console"}
         self._store = store
         self._clock = clock
         self._router = router
@@ -801,6 +807,8 @@ class Engine:
                     # "webhook:NAME" names the endpoint in the policy; otherwise the
                     # person's own address for the channel
                     channel, _, endpoint = spec.partition(":")
+                    if self._channels is not None and channel not in self._channels:
+                        continue
                     address = endpoint or person.channels.get(channel)
                     if not address:
                         continue
@@ -840,8 +848,9 @@ class Engine:
                         now,
                         SYSTEM,
                         "notify_none",
-                        f"step {step_no}: {person.name} ({person.id}) has no address for"
-                        f" {', '.join(action.channels)}",
+                        f"step {step_no}: {person.name} ({person.id}) cannot be reached by"
+                        f" {', '.join(action.channels)} (no address, or a channel this daemon"
+                        f" does not run: {', '.join(sorted(self._channels or ()))})",
                     )
         return [NotifiedPeople(action.step_index, frozenset(reached))]
 

@@ -15,6 +15,7 @@ import pytest
 
 from alarmd.clock import FakeClock
 from alarmd.model import Condition, EventKind, Flag
+from alarmd.routing.escalation import CentreStep, EscalationPolicy, Recipient, Step
 from alarmd.store.db import Store
 
 from caseworld import NOW, T0, Router, World, routing_policy, seed_directory, world
@@ -222,4 +223,30 @@ async def test_restart_resumes_every_deadline_once(tmp_path: Path) -> None:
     assert second.types().count("centre") == 2
     await second.engine.run_due()  # nothing fires twice
     assert second.types().count("centre") == 2
+    await store.close()
+
+
+async def test_a_step_nobody_can_be_reached_in_escalates_at_once(tmp_path: Path) -> None:
+    """This daemon runs no SMS channel: the team (SMS only) cannot be reached, so the case
+    goes on to the next step at once rather than wait five minutes for nobody."""
+    store = await Store.open(tmp_path / "alarmd.sqlite")
+    await store.writer.submit(seed_directory)
+    world = World(store, FakeClock(T0), Router(), channels=frozenset({"webhook"}))
+    world.router.policy = EscalationPolicy(
+        steps=(
+            Step((Recipient("team", "plan"),), ("sms",), timedelta(minutes=5)),
+            Step((Recipient("staff", "supplier-desk"),), ("webhook",), timedelta(minutes=5)),
+        ),
+        centre=CentreStep(timedelta(minutes=2), timedelta(minutes=1)),
+        accepted_deadline=timedelta(minutes=30),
+    )
+    await world.send()
+    await world.tick()
+    case = world.case()
+    assert case["next_step_at"] == "2026-03-02T09:05:00.000000Z"
+    assert world.outbox() == [("webhook", "staff:3", "supplier-desk", "pending")]
+    assert "cannot be reached by sms" in world.log()[2][1]
+    assert "nobody could be notified for step 1" in next(
+        m for t, m in world.log() if t == "escalated"
+    )
     await store.close()
