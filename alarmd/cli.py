@@ -121,6 +121,27 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     events.add_argument("--limit", type=int, default=50)
     events.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    imp = sub.add_parser("import", help="load service users, devices, staff, teams (YAML/CSV)")
+    imp.add_argument("file", type=Path)
+
+    cases = sub.add_parser("cases", help="list cases (open ones by default)")
+    cases.add_argument("--all", action="store_true", help="closed ones too, newest first")
+    cases.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    routes = sub.add_parser("routes", help="test, explain and check the routing configuration")
+    routes.add_argument("--config", type=Path, help="main YAML file (default: the example)")
+    routes_sub = routes.add_subparsers(dest="routes_command", required=True)
+    rtest = routes_sub.add_parser("test", help="run the tests in tenant files")
+    rtest.add_argument("files", nargs="*", type=Path, help="tenant files (default: all)")
+    explain = routes_sub.add_parser("explain", help="why an alarm would go where it goes")
+    explain.add_argument("--tenant", required=True)
+    explain.add_argument("--kind", required=True, help="fall, assistance, mains_lost...")
+    explain.add_argument("--at", required=True, help="2026-12-24T22:00 (Europe/Oslo) or w/ offset")
+    explain.add_argument("--location", default="home", help="home | away | care_home")
+    explain.add_argument("--group")
+    explain.add_argument("--plan-mode")
+    routes_sub.add_parser("check", help="find times when an alarm kind has no route")
+
     simulate = sub.add_parser("simulate", help="act as a device")
     sim_sub = simulate.add_subparsers(dest="protocol", required=True)
     from alarmd.sim import dc09 as sim_dc09
@@ -130,6 +151,12 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "events":
         return _events(args)
+    if args.command == "import":
+        return _import(args)
+    if args.command == "cases":
+        return _cases(args)
+    if args.command == "routes":
+        return _routes(args)
     if args.command == "simulate" and args.protocol == "dc09":
         if not getattr(args, "port", None):
             args.port = _run_info(args.data_dir).get("dc09_port") or 12128
@@ -161,6 +188,104 @@ def _api_and_token(args: argparse.Namespace) -> tuple[str, str]:
         except FileNotFoundError:
             raise SystemExit(f"alarmctl: no --token given and no {path}") from None
     return str(api).rstrip("/"), token
+
+
+def _routes(args: argparse.Namespace) -> int:
+    """Route tools work on files, not on the running daemon: a municipality can test its
+    configuration in its own CI before it is deployed."""
+    from alarmd.routing import tools
+
+    if args.routes_command == "test":
+        code, text = tools.routes_test(args.config, list(args.files))
+    elif args.routes_command == "explain":
+        code, text = tools.routes_explain(
+            args.config, args.tenant, args.kind, args.at, args.location, args.group, args.plan_mode
+        )
+    else:
+        code, text = tools.routes_check(args.config)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def _request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    data: bytes | None = None,
+    content_type: str | None = None,
+    params: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
+    api, token = _api_and_token(args)
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    async def go() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.request(method, f"{api}{path}", data=data, params=params) as response,
+        ):
+            return response.status, await response.json()
+
+    try:
+        return asyncio.run(go())
+    except aiohttp.ClientError as exc:
+        raise SystemExit(f"alarmctl: cannot reach {api}: {exc}") from None
+
+
+def _import(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    suffix = path.suffix.lower()
+    types = {".yaml": "application/yaml", ".yml": "application/yaml", ".csv": "text/csv"}
+    if suffix not in types:
+        print(f"alarmctl: {path}: give a .yaml, .yml or .csv file", file=sys.stderr)
+        return 2
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        print(f"alarmctl: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    status, answer = _request(
+        args,
+        "POST",
+        "/api/v1/directory/import",
+        data=body,
+        content_type=types[suffix],
+        params={"filename": str(path)},
+    )
+    if status != 200:
+        for problem in answer.get("problems", []):
+            print(problem, file=sys.stderr)
+        print(f"alarmctl: {status} {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _cases(args: argparse.Namespace) -> int:
+    params = {"state": "all" if args.all else "open"}
+    status, body = _request(args, "GET", "/api/v1/cases", params=params)
+    if status != 200:
+        print(f"alarmctl: {status} {body.get('error')}: {body.get('message')}", file=sys.stderr)
+        return 1
+    rows = body["cases"]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no cases")
+        return 0
+    print(f"{'id':>6}  {'pri':3} {'tenant':18} {'kind':12} {'state':10} {'mode':20} holder")
+    for row in rows:
+        print(
+            f"{row['id']:>6}  {row['priority']:<3} {row['tenant'] or '-':18} {row['kind']:12}"
+            f" {row['state']:10} {row['mode'] or '-':20} {row['accepted_by'] or '-'}"
+        )
+    return 0
 
 
 def _events(args: argparse.Namespace) -> int:

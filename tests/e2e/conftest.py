@@ -37,8 +37,13 @@ class DaemonProcess:
     """One ``alarmd run`` child; restartable on the same data dir and ports."""
 
     def __init__(
-        self, workdir: Path, dc09_port: int | None = None, accounts: Path = EXAMPLE_ACCOUNTS
+        self,
+        workdir: Path,
+        dc09_port: int | None = None,
+        accounts: Path = EXAMPLE_ACCOUNTS,
+        routing: str = "",
     ) -> None:
+        """``routing``: the YAML of a ``routing:`` section (centre and tenants files)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.data_dir = workdir / "data"
@@ -48,7 +53,7 @@ class DaemonProcess:
             "log:\n  level: info\n"
             "api:\n  listen: 127.0.0.1:0\n"
             f"dc09:\n  listen: 127.0.0.1:{self.dc09_port}\n"
-            f"accounts_file: {accounts}\n"
+            f"accounts_file: {accounts}\n" + routing
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "alarmd.log"
