@@ -151,3 +151,56 @@ def case_log_offline(d: DaemonProcess) -> list[str]:
         return [r[0] for r in conn.execute("SELECT type FROM case_log WHERE case_id = 1")]
     finally:
         conn.close()
+
+
+def test_sighup_reloads_routing_and_keeps_the_old_one_when_the_new_fails(tmp_path: Path) -> None:
+    import signal
+
+    (tmp_path / "tenants").mkdir()
+    (tmp_path / "centre.yaml").write_text(CENTRE)
+    tenant_file = tmp_path / "tenants" / "eksempel-kommune.yaml"
+    tenant_file.write_text(TENANT)
+    d = DaemonProcess(
+        tmp_path,
+        routing=f"routing:\n  centre: {tmp_path / 'centre.yaml'}\n"
+        f"  tenants: {tmp_path / 'tenants'}\n",
+    )
+    d.start(env={"ALARMD_TEST_CLOCK": T0.isoformat()})
+
+    def reload(marker: str) -> None:
+        assert d.proc is not None
+        before = d.log().count(marker)
+        d.proc.send_signal(signal.SIGHUP)
+        until(marker, lambda: d.log().count(marker) > before)
+
+    def alarm(zone: str) -> dict[str, Any]:
+        sent = d.alarmctl("simulate", "dc09", "--account", "1234", "--event", "100", "--zone", zone)
+        assert sent.returncode == 0, sent.stderr
+        return until(
+            f"zone {zone} routed",
+            lambda: [c for c in api(d, "GET", "/api/v1/cases")["cases"] if c["mode"]],
+        )
+
+    try:
+        assert d.alarmctl("import", str(ROOT / "config" / "directory.example.yaml")).returncode == 0
+        tenant_file.write_text(TENANT.replace("routes:", "routez:"))  # a typo
+        reload("config_reload_failed_keeping_old")
+        metrics = urllib.request.urlopen(d.api + "/metrics", timeout=10).read().decode()
+        assert "alarmd_config_last_reload_successful 0.0" in metrics
+        [first] = alarm("3")  # a fall: still routed by the old configuration
+        assert first["mode"] == "routing_with_backup"
+
+        response = "    mode: response\n"
+        tenant_file.write_text(
+            TENANT.replace("    mode: routing_with_backup\n    policy: home-care-first\n", response)
+        )
+        reload("config_reloaded")
+        cases = alarm("1")  # another kind: a new case, routed by the new configuration
+        until("two routed cases", lambda: len(api(d, "GET", "/api/v1/cases")["cases"]) == 2)
+        modes = {c["kind"]: c["mode"] for c in api(d, "GET", "/api/v1/cases")["cases"]}
+        assert modes["fall"] == "routing_with_backup"  # the running case kept its snapshot
+        assert sorted(modes.values()) == ["response", "routing_with_backup"], cases
+        assert d.terminate() == 0
+    except BaseException:
+        print(d.log())
+        raise
