@@ -110,6 +110,7 @@ __all__ = [
     "StepRef",
     "Tick",
     "new_case",
+    "span",
     "step",
 ]
 
@@ -398,7 +399,7 @@ CENTRE_REALERT_RECIPIENTS = (Recipient("operators", "pool"), Recipient("supervis
 # --------------------------------------------------------------------------- helpers
 
 
-def _span(value: timedelta) -> str:
+def span(value: timedelta) -> str:
     """A deadline as an operator reads it in the case log: "5 min", "90 s", "2 h"."""
     seconds = int(value.total_seconds())
     if seconds % 3600 == 0:
@@ -525,7 +526,7 @@ def _step_overdue(state: CaseEscalation, event: Input) -> Result:
     assert state.next_step_at is not None and state.current_step is not None
     reason = (
         f"nobody accepted step {state.step_index + 1} "
-        f"within {_span(state.current_step.accept_within)}"
+        f"within {span(state.current_step.accept_within)}"
     )
     return _escalate(state, reason, state.next_step_at)
 
@@ -539,14 +540,14 @@ def _accepted_overdue(state: CaseEscalation, event: Input) -> Result:
     assert state.next_step_at is not None
     reason = (
         f"accepted by {state.accepted_by} but nobody on site or closed "
-        f"within {_span(state.policy.accepted_deadline)}"
+        f"within {span(state.policy.accepted_deadline)}"
     )
     return _escalate(state, reason, state.next_step_at)
 
 
 def _on_site_overdue(state: CaseEscalation, event: Input) -> Result:
     assert state.next_step_at is not None and state.policy.on_site_deadline is not None
-    reason = f"on site but not closed within {_span(state.policy.on_site_deadline)}"
+    reason = f"on site but not closed within {span(state.policy.on_site_deadline)}"
     new, actions = _alert_centre(state, state.next_step_at)
     return new, (Escalated(reason), *actions)
 

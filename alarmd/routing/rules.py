@@ -42,7 +42,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from alarmd.model import Category, Priority
 from alarmd.routing.config import Match, Route, RoutingConfig, TenantConfig
 from alarmd.routing.decision import Decision, Mode, Queue, RouteFacts
-from alarmd.routing.escalation import EscalationPolicy, Recipient
+from alarmd.routing.escalation import EscalationPolicy, Recipient, span
 from alarmd.routing.schedules import (
     OSLO,
     AnnualDate,
@@ -366,18 +366,9 @@ def _local(instant: datetime) -> str:
     return f"{instant.astimezone(OSLO):%Y-%m-%d %H:%M} Europe/Oslo"
 
 
-def _span(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
-
-
 def _describe(mode: Mode, policy: EscalationPolicy, name: str | None) -> list[str]:
     centre = policy.centre
-    pool = f"operators' pool, accept within {_span(centre.accept_within)}"
+    pool = f"operators' pool, accept within {span(centre.accept_within)}"
     if not policy.steps:
         if mode == "response":
             return [f"mode response: {pool}"]
@@ -388,7 +379,7 @@ def _describe(mode: Mode, policy: EscalationPolicy, name: str | None) -> list[st
         every = " (all must accept)" if s.require_all else ""
         lines.append(
             f"  step {index}: {who} via {', '.join(s.channels)},"
-            f" accept within {_span(s.accept_within)}{every}"
+            f" accept within {span(s.accept_within)}{every}"
         )
     role = "backup" if mode == "routing_with_backup" else "safety net"
     lines.append(f"  then the centre ({role}): {pool}")
