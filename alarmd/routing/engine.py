@@ -324,11 +324,11 @@ class Engine:
             self._info_event(conn, event, event_id, base, now, out)
             return
         key = f"{base}|{event.kind.value}"
-        row = conn.execute(
-            "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL", (key,)
-        ).fetchone()
         what = _describe(event)
         if event.condition.value == "restore":
+            row = conn.execute(
+                "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL", (key,)
+            ).fetchone()
             if row is None:
                 return
             case_id = int(row[0])
@@ -340,17 +340,18 @@ class Engine:
                 self._close_restored(conn, case_id, now, out)
             out.changed.append(case_id)
             return
+        # Another press of the same pendant joins the open case: one statement finds and
+        # counts it. The event row carries the case id, so the case's events are listed from
+        # the events table, not repeated in the case log (this runs for every event).
+        row = conn.execute(
+            "UPDATE cases SET event_count = event_count + 1, priority = max(priority, ?),"
+            " updated_at = ?, version = version + 1"
+            " WHERE open_key = ? AND closed_at IS NULL RETURNING id",
+            (int(event.priority), iso(now), key),
+        ).fetchone()
         if row is not None:
             case_id = int(row[0])
-            conn.execute(
-                "UPDATE cases SET event_count = event_count + 1, priority = max(priority, ?),"
-                " updated_at = ?, version = version + 1 WHERE id = ?",
-                (int(event.priority), iso(now), case_id),
-            )
             conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
-            case_store.append_log(
-                conn, case_id, now, SYSTEM, "event", f"again: {what}", {"event_id": event_id}
-            )
             out.changed.append(case_id)
             return
         flags = set(event.flags)

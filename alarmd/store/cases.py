@@ -332,4 +332,23 @@ async def get_case(
         }
         for r in log_rows
     ]
+    async with reader.execute(
+        "SELECT id, received_at, kind, condition, code, zone, flags FROM events"
+        " WHERE case_id = ? ORDER BY id LIMIT 500",
+        (case_id,),
+    ) as cur:
+        event_rows = await cur.fetchall()
+    # the case's events (a second press of the pendant...) as log entries, in time order
+    log.extend(
+        {
+            "id": None,
+            "at": r[1],
+            "actor": "device",
+            "type": "event",
+            "message": f"{r[2]} {r[3]} ({r[4]}{', zone ' + r[5] if r[5] else ''})",
+            "data": {"event_id": r[0], "flags": [f for f in r[6].split(",") if f]},
+        }
+        for r in event_rows
+    )
+    log.sort(key=lambda entry: (entry["at"], entry["id"] is not None, entry["id"] or 0))
     return _row_to_case(tuple(row)), log

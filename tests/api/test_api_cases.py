@@ -67,7 +67,8 @@ async def test_queue_and_case_with_its_log(env: Env) -> None:
     assert (case["id"], case["state"], case["kind"], case["step"]) == (1, "notifying", "fall", 1)
     status, body = await env.call("GET", "/api/v1/cases/1", "anne")
     assert status == 200
-    assert [entry["type"] for entry in body["log"]][:2] == ["opened", "routed"]
+    # the first event, then what alarmd did with it
+    assert [entry["type"] for entry in body["log"]][:3] == ["event", "opened", "routed"]
 
 
 async def test_two_operators_accept_at_once_one_is_told_who_has_it(env: Env) -> None:

@@ -123,7 +123,8 @@ async def test_second_press_joins_the_open_case_and_retransmission_is_silent(wor
     await world.send(key="k2")  # a second press of the same pendant
     assert world.q("SELECT count(*) FROM cases") == [(1,)]
     assert world.case()["event_count"] == 2
-    assert world.types() == ["opened", "event"]
+    assert world.types() == ["opened"]  # the case's events are listed from the events table
+    assert world.q("SELECT count(*) FROM events WHERE case_id = 1") == [(2,)]
     await world.send(EventKind.ASSISTANCE)  # another kind: its own case
     assert world.q("SELECT count(*) FROM cases") == [(2,)]
 
