@@ -289,9 +289,6 @@ def _cases(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    api, token = _api_and_token(args)
     params: dict[str, str] = {"limit": str(args.limit)}
     if args.account:
         params["account"] = args.account
@@ -299,19 +296,7 @@ def _events(args: argparse.Namespace) -> int:
         params["protocol"] = args.protocol
     if args.since:
         params["since"] = args.since
-
-    async def fetch() -> tuple[int, dict[str, Any]]:
-        async with (
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session,
-            session.get(f"{api}/api/v1/events", params=params) as response,
-        ):
-            return response.status, await response.json()
-
-    try:
-        status, body = asyncio.run(fetch())
-    except aiohttp.ClientError as exc:
-        print(f"alarmctl: cannot reach {api}: {exc}", file=sys.stderr)
-        return 1
+    status, body = _request(args, "GET", "/api/v1/events", params=params)
     if status != 200:
         print(f"alarmctl: {status} {body.get('error')}: {body.get('message')}", file=sys.stderr)
         return 1
