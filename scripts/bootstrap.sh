@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the test suite and simulators use as real peers.
-DEB_PACKAGES=(${ALARMD_DEB_PACKAGES:-})
+# mosquitto: the MQTT broker the MQTT tests start on an ephemeral port.
+DEB_PACKAGES=(${ALARMD_DEB_PACKAGES:-mosquitto})
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
