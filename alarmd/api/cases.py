@@ -18,14 +18,17 @@ from typing import Any
 from aiohttp import web
 
 from alarmd.api.server import CONTEXT, TOKEN_KEY, ApiError
+from alarmd.clock import SystemClock
 from alarmd.model import Outcome
 from alarmd.routing.engine import CaseResult, Engine
+from alarmd.store import audit
 from alarmd.store import cases as case_store
 from alarmd.store.tokens import TokenInfo
 
 CENTRE_ROLES = frozenset({"admin", "operator", "supervisor"})
 FIELD_ROLES = frozenset({"home_care", "supplier"})
 READ_ROLES = CENTRE_ROLES | FIELD_ROLES | {"tenant_admin", "auditor"}
+KEY_BOX_ROLES = CENTRE_ROLES | {"home_care"}
 
 
 def _engine(request: web.Request) -> Engine:
@@ -100,9 +103,21 @@ async def list_cases(request: web.Request) -> web.Response:
 
 
 async def get_case(request: web.Request) -> web.Response:
-    _reader_role(request[TOKEN_KEY])
+    info = request[TOKEN_KEY]
+    _reader_role(info)
     case, log = await _visible_case(request)
+    context = request.app[CONTEXT]
+    clock = context.engine.clock if context.engine is not None else SystemClock()
+    await context.store.writer.submit(
+        audit.record_job(
+            clock.now(), info.name, info.role, "read_case", f"case:{case.id}", f"case:{case.id}"
+        )
+    )
     body = case.to_json()
+    plan = None if case.plan is None else case.plan.to_json()
+    if plan is not None and info.role not in KEY_BOX_ROLES:
+        plan["key_box"] = None  # the key-box code goes only to those who may go in
+    body["plan"] = plan  # the snapshot this case was routed with
     body["log"] = log
     return web.json_response(body)
 

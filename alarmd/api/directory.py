@@ -35,7 +35,7 @@ from aiohttp import web
 from alarmd.api.server import CONTEXT, TOKEN_KEY, ApiError
 from alarmd.clock import Clock, SystemClock
 from alarmd.config import ConfigError
-from alarmd.store import tokens
+from alarmd.store import audit, tokens
 from alarmd.store.directory_import import (
     Format,
     ImportConflict,
@@ -243,7 +243,7 @@ async def list_users(request: web.Request) -> web.Response:
 async def get_user(request: web.Request) -> web.Response:
     info = request[TOKEN_KEY]
     _require_role(info, READ_ROLES, "read service users")
-    _query(request, set())
+    _query(request, {"why"})
     tenant, ref = request.match_info["tenant"], request.match_info["ref"]
     not_found = ApiError(404, "not_found", f"no user {ref} in tenant {tenant}")
     if not info.sees_tenant(tenant):
@@ -257,6 +257,17 @@ async def get_user(request: web.Request) -> web.Response:
         row = await cursor.fetchone()
     if row is None:
         raise not_found
+    # the record is durable before the data leaves (invariant 7); why: e.g. "case:12"
+    await request.app[CONTEXT].store.writer.submit(
+        audit.record_job(
+            _now(request),
+            info.name,
+            info.role,
+            "read_user",
+            f"user:{tenant}/{ref}",
+            request.rel_url.query.get("why", ""),
+        )
+    )
     user_id = row[0]
     async with reader.execute(
         "SELECT protocol, identity, device_type, device_group, supervision_s, updated_at"

@@ -175,6 +175,10 @@ class Engine:
         self._case_listeners.append(listener)
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def scheduled(self) -> int:
         """Cases with a deadline hint in the heap."""
         return len(self._hint)

@@ -67,6 +67,11 @@ async def test_queue_and_case_with_its_log(env: Env) -> None:
     assert (case["id"], case["state"], case["kind"], case["step"]) == (1, "notifying", "fall", 1)
     status, body = await env.call("GET", "/api/v1/cases/1", "anne")
     assert status == 200
+    assert body["plan"]["home_care_team"] == "sentrum"
+    # the read is audited: who, what, why
+    assert env.world.q("SELECT actor, role, action, subject, reason FROM audit") == [
+        ("anne", "operator", "read_case", "case:1", "case:1")
+    ]
     # the first event, then what alarmd did with it
     assert [entry["type"] for entry in body["log"]][:3] == ["event", "opened", "routed"]
 

@@ -439,3 +439,18 @@ async def test_an_oversized_import_is_refused(env: Env, monkeypatch: pytest.Monk
     )
     assert response.status == 413
     assert (await response.json())["error"] == "too_large"
+
+
+async def test_reading_a_user_is_audited_with_who_and_why(env: Env) -> None:
+    await env.import_example()
+    response = await env.client.get(
+        "/api/v1/users/eksempel-kommune/u-1001?why=case:12", headers=env.auth("ta-eksempel")
+    )
+    assert response.status == 200
+    hidden = await env.client.get(
+        "/api/v1/users/eksempel-kommune/u-1001", headers=env.auth("op-demo")
+    )
+    assert hidden.status == 404  # nothing was read, nothing is recorded
+    assert await env.rows("SELECT actor, action, subject, reason FROM audit") == [
+        ("ta-eksempel", "read_user", "user:eksempel-kommune/u-1001", "case:12")
+    ]
