@@ -1,0 +1,165 @@
+"""Supervision's pure core on a fake timeline: overdue devices, restores, outages, downtime."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alarmd.supervision import (
+    Cleared,
+    Folded,
+    IncidentClosed,
+    IncidentOpened,
+    Individual,
+    LinkLost,
+    LinkRestored,
+    OutageTracker,
+    Supervisor,
+)
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+
+def test_one_device_overdue_once_then_restored() -> None:
+    s = Supervisor()
+    s.supervise(("dc09", "1234"), HOUR, 5 * MIN, T0)
+    assert s.due(T0 + HOUR + 4 * MIN) == []
+    assert s.next_deadline() == T0 + 65 * MIN
+    assert s.due(T0 + 65 * MIN) == [LinkLost(("dc09", "1234"), T0, T0 + 65 * MIN)]
+    assert s.due(T0 + 3 * HOUR) == []  # reported once, not every tick
+    assert s.lost == 1
+    restored = s.seen(("dc09", "1234"), T0 + 3 * HOUR)
+    assert restored == LinkRestored(("dc09", "1234"), T0 + 65 * MIN, 3 * HOUR)
+    assert s.lost == 0
+    assert s.due(T0 + 4 * HOUR) == []
+    assert s.due(T0 + 4 * HOUR + 5 * MIN)[0].last_seen == T0 + 3 * HOUR
+
+
+def test_heartbeats_keep_a_device_alive_without_heap_work() -> None:
+    s = Supervisor()
+    s.supervise(("dc09", "A"), HOUR, MIN, T0)
+    for n in range(1, 100):
+        assert s.seen(("dc09", "A"), T0 + n * 30 * MIN) is None
+    assert len(s._heap) == 1  # messages never touch the heap
+    assert s.due(T0 + 50 * HOUR) == []
+    assert len(s._heap) == 1  # the old hint moved to the real deadline
+
+
+def test_unsupervised_and_forgotten_devices_are_ignored() -> None:
+    s = Supervisor()
+    assert s.seen(("dc09", "X"), T0) is None
+    s.supervise(("dc09", "Y"), HOUR, MIN, T0)
+    s.forget(("dc09", "Y"))
+    assert s.due(T0 + 10 * HOUR) == []
+    with pytest.raises(ValueError, match="interval"):
+        s.supervise(("dc09", "Z"), timedelta(0), MIN, T0)
+
+
+def test_downtime_of_alarmd_is_not_blamed_on_devices() -> None:
+    s = Supervisor()
+    for n in range(100):
+        s.supervise(("dc09", f"D{n}"), HOUR, 5 * MIN, T0)
+    restart = T0 + 3 * HOUR  # alarmd was down; every deadline passed meanwhile
+    s.resume(restart, 10 * MIN)
+    assert s.due(restart) == []
+    assert s.next_deadline() == restart + 10 * MIN
+    for n in range(95):  # most devices call in during the grace
+        s.seen(("dc09", f"D{n}"), restart + 2 * MIN)
+    lost = s.due(restart + 10 * MIN)
+    assert sorted(x.key[1] for x in lost) == [f"D{n}" for n in range(95, 100)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    beats=st.lists(st.tuples(st.integers(0, 19), st.integers(0, 600)), min_size=0, max_size=200),
+    checks=st.lists(st.integers(0, 700), min_size=1, max_size=30),
+)
+def test_reported_exactly_when_silence_exceeds_the_limit(
+    beats: list[tuple[int, int]], checks: list[int]
+) -> None:
+    """Against a brute-force model: a device is reported lost at the first check at or after
+    last_seen + limit, exactly once per silence."""
+    s = Supervisor()
+    limit = timedelta(minutes=60)
+    for n in range(20):
+        s.supervise(("x", str(n)), timedelta(minutes=55), timedelta(minutes=5), T0)
+    events = sorted([(m, "beat", d) for d, m in beats] + [(m, "check", -1) for m in checks])
+    last = dict.fromkeys(range(20), T0)
+    lost: set[int] = set()
+    for minute, what, device in events:
+        now = T0 + timedelta(minutes=minute)
+        if what == "beat":
+            restored = s.seen(("x", str(device)), now)
+            assert (restored is not None) == (device in lost)
+            lost.discard(device)
+            last[device] = max(last[device], now)
+        else:
+            expected = {d for d in range(20) if d not in lost and last[d] + limit <= now}
+            got = {int(x.key[1]) for x in s.due(now)}
+            assert got == expected
+            lost |= got
+
+
+def test_one_area_silent_is_one_incident_not_a_thousand_cases() -> None:
+    t = OutageTracker(threshold=20, window=5 * MIN)
+    rng = random.Random(1)
+    actions = []
+    for n in range(1000):
+        at = T0 + timedelta(seconds=rng.uniform(0, 120))
+        actions += t.lost(("dc09", f"D{n}"), ("eksempel-kommune", "0001"), at)
+    opened = [a for a in actions if isinstance(a, IncidentOpened)]
+    assert len(opened) == 1
+    assert len(opened[0].devices) == 20
+    assert sum(isinstance(a, Folded) for a in actions) == 980
+    assert t.tick(T0 + HOUR) == []  # nobody gets a case of their own
+    assert opened[0].batteries_from == opened[0].started_at + timedelta(hours=24)
+    # once 80 % are back the incident closes; the 200 still silent get their own cases
+    for n in range(799):
+        assert t.back(("dc09", f"D{n}"), T0 + 2 * HOUR) == []
+    [closed] = t.back(("dc09", "D799"), T0 + 2 * HOUR)
+    assert isinstance(closed, IncidentClosed)
+    assert sorted(closed.still_silent) == sorted(("dc09", f"D{n}") for n in range(800, 1000))
+    assert t.incidents == 0
+    assert t.back(("dc09", "D900"), T0 + 3 * HOUR) == []  # its own case; the shell closes it
+
+
+def test_a_lone_loss_waits_its_window_then_gets_its_own_case() -> None:
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    assert t.lost(("dc09", "A"), "area-1", T0) == []
+    assert t.lost(("dc09", "B"), "area-2", T0 + MIN) == []  # another area: not counted
+    assert t.next_tick() == T0 + 5 * MIN
+    assert t.tick(T0 + 4 * MIN) == []
+    assert t.tick(T0 + 5 * MIN) == [Individual(("dc09", "A"), T0)]
+    assert t.back(("dc09", "B"), T0 + 2 * MIN + 5 * MIN - MIN) == [Cleared(("dc09", "B"))]
+    assert t.tick(T0 + HOUR) == []  # a flap never became a case
+
+
+def test_losses_spread_wider_than_the_window_are_individual() -> None:
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    out = []
+    for n in range(3):
+        at = T0 + n * 6 * MIN
+        out += t.tick(at)
+        out += t.lost(("dc09", f"D{n}"), "area", at)
+    out += t.tick(T0 + HOUR)
+    assert [type(a) for a in out] == [Individual, Individual, Individual]
+
+
+def test_a_burst_of_due_hints_is_taken_in_bounded_calls() -> None:
+    s = Supervisor()
+    for n in range(5000):
+        s.supervise(("dc09", f"D{n}"), HOUR, MIN, T0)
+    now = T0 + 2 * HOUR
+    found = []
+    calls = 0
+    while (deadline := s.next_deadline()) is not None and deadline <= now:
+        found += s.due(now, max_pops=1000)
+        calls += 1
+    assert len(found) == 5000
+    assert calls == 5
