@@ -44,6 +44,7 @@ from alarmd.routing.engine import Engine
 from alarmd.store import tokens
 from alarmd.store.db import Store
 from alarmd.store.directory_import import import_job, parse_directory
+from alarmd.supervision_service import SupervisionService
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
 
 log = structlog.get_logger(__name__)
@@ -77,6 +78,7 @@ class Daemon:
         self.dc09: Dc09Receiver | None = None
         self.api: ApiServer | None = None
         self.engine: Engine | None = None
+        self.supervision: SupervisionService | None = None
         self.dispatcher: Dispatcher | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
@@ -114,6 +116,8 @@ class Daemon:
     def _tenant_of(self, protocol: str, source: str) -> str | None:
         if protocol == "dc09":
             return self._tenants.get(source)
+        if protocol == "supervision":  # "incident:<tenant>:<area>"
+            return source.split(":")[1] if source.count(":") >= 2 else None
         return None
 
     # --- life cycle -----------------------------------------------------------------------
@@ -158,6 +162,10 @@ class Daemon:
         self.dispatcher = Dispatcher(self.store, self.clock, {"webhook": self.webhooks})
         self.engine.on_outbox(self.dispatcher.wake)
         await self._seed_example_directory()
+        self.supervision = SupervisionService(self.store, self.intake, self.clock)
+        self.intake.add_listener(self.supervision.events_committed)
+        await self.supervision.load()
+        self.supervision.start()
         await self.engine.load()
         self.engine.start()
         self.dispatcher.start()
@@ -194,6 +202,7 @@ class Daemon:
                     max_frame_bytes=config.dc09.max_frame_bytes,
                 ),
             )
+            self.dc09.heard = self.supervision.seen
             try:
                 await self.dc09.start()
             except OSError as exc:
@@ -224,6 +233,9 @@ class Daemon:
         if self.dc09 is not None:
             await self.dc09.stop()
             self.dc09 = None
+        if self.supervision is not None:
+            await self.supervision.stop()
+            self.supervision = None
         if self.engine is not None:
             await self.engine.stop()
             self.engine = None

@@ -99,6 +99,11 @@ class Supervisor:
         """Devices reported lost and not heard from since."""
         return sum(1 for d in self._devices.values() if d.lost_at is not None)
 
+    def is_lost(self, key: DeviceKey) -> bool:
+        """Reported lost and not heard from since."""
+        device = self._devices.get(key)
+        return device is not None and device.lost_at is not None
+
     def supervise(
         self,
         key: DeviceKey,

@@ -359,7 +359,7 @@ class Engine:
             out.changed.append(case_id)
             return
         flags = set(event.flags)
-        if user_id is None:
+        if user_id is None and event.protocol != "supervision":  # an outage has no one user
             flags.add(Flag.UNREGISTERED)
         cursor = conn.execute(
             "INSERT INTO cases (tenant, user_id, open_key, protocol, source, kind, category,"

@@ -102,6 +102,9 @@ class Dc09Receiver:
         self._sweeper: asyncio.Task[None] | None = None
         self._draining = False
         self.port = settings.port
+        # supervision's ``seen``: any well-formed frame from an account, NULL link tests
+        # included (they are answered at once and never stored), proves its line works
+        self.heard: Callable[[str, str], object] | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -167,6 +170,8 @@ class Dc09Receiver:
             randbytes=self.randbytes,
         )
         _FRAMES[(transport_name, result.reply_kind)].inc()
+        if self.heard is not None and result.account and result.reply_kind is ReplyKind.ACK:
+            self.heard("dc09", result.account)
         if result.reply_kind is not ReplyKind.ACK:
             metrics.DC09_REJECTED.labels(result.reason or "unknown").inc()
             log.warning(

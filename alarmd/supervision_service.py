@@ -1,0 +1,250 @@
+"""The shell around ``supervision``: feeds it what devices send, acts on what it answers.
+
+The pure core (``alarmd/supervision.py``) decides who is overdue and what is an outage;
+this module does the I/O around it:
+
+* at start it loads every supervised device from the directory (``devices.supervision_s``)
+  with its last message from the events table, and resumes with a grace period, so that
+  alarmd's own downtime is not blamed on devices (issue 6, start-up after downtime);
+* ``seen(protocol, source)`` is called for every committed event (an intake listener) and
+  for every DC-09 frame, NULL link tests included (``Dc09Receiver.heard``);
+* ``run_due()`` turns the core's answers into events through intake, so that they are
+  stored and open cases like any other event: ``link_lost`` for a device on its own (a
+  technical case, routed by the tenant's rules), ``link_lost`` + restore when it returns
+  (which closes that case unless someone holds it), and one ``link_lost`` event for a whole
+  outage, from the source ``incident:<tenant>:<area>`` (one case, carrying the affected
+  devices and when their batteries run out). Real alarms never pass through here.
+
+Tests call ``run_due()`` with a fake clock; the daemon runs ``start()``'s loop, which sleeps
+until the core's next deadline or a wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+
+import structlog
+
+from alarmd.clock import Clock
+from alarmd.intake import Intake
+from alarmd.model import Condition, Event, EventKind
+from alarmd.store.db import Store, iso, parse_iso
+from alarmd.supervision import (
+    DeviceKey,
+    IncidentClosed,
+    IncidentOpened,
+    Individual,
+    LinkRestored,
+    OutageAction,
+    OutageTracker,
+    Supervisor,
+)
+
+log = structlog.get_logger(__name__)
+
+INCIDENT = "supervision"  # the protocol of outage events
+
+
+def grace_for(interval: timedelta) -> timedelta:
+    """How late a heartbeat may be before the line counts as lost: a tenth of the interval,
+    at least a minute (one lost UDP heartbeat must not open a case)."""
+    return max(timedelta(minutes=1), interval / 10)
+
+
+class SupervisionService:
+    """Supervision of every registered device with an expected interval."""
+
+    def __init__(
+        self,
+        store: Store,
+        intake: Intake,
+        clock: Clock,
+        *,
+        outage_threshold: int = 10,
+        outage_window: timedelta = timedelta(minutes=5),
+        startup_grace: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self._store = store
+        self._intake = intake
+        self._clock = clock
+        self._startup_grace = startup_grace
+        self.core = Supervisor()
+        self.outages = OutageTracker(outage_threshold, outage_window)
+        self._groups: dict[DeviceKey, tuple[str, str]] = {}  # device -> (tenant, area)
+        self._restored: list[LinkRestored] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def load(self) -> int:
+        """Supervise every device the directory says should send heartbeats."""
+        reader = self._store.reader
+        async with reader.execute(
+            "SELECT d.protocol, d.identity, d.supervision_s, d.tenant,"
+            " coalesce(u.postcode, ''),"
+            " (SELECT max(received_at) FROM events e"
+            "   WHERE e.protocol = d.protocol AND e.source = d.identity)"
+            " FROM devices d LEFT JOIN service_users u ON u.id = d.user_id"
+            " WHERE d.supervision_s IS NOT NULL AND d.supervision_s > 0"
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        now = self._clock.now()
+        for protocol, identity, seconds, tenant, postcode, last in rows:
+            key = (str(protocol), str(identity))
+            interval = timedelta(seconds=int(seconds))
+            last_seen = parse_iso(last) if last else None
+            self.core.supervise(key, interval, grace_for(interval), now, last_seen)
+            self._groups[key] = (str(tenant), str(postcode) or "-")
+        self.core.resume(now, self._startup_grace)
+        log.info("supervision_loaded", devices=len(rows), grace_s=self._startup_grace.seconds)
+        return len(rows)
+
+    # --- input -----------------------------------------------------------------------------
+
+    def seen(self, protocol: str, source: str) -> None:
+        """Any message from a device. Cheap; a device coming back is handled in ``run_due``."""
+        restored = self.core.seen((protocol, source), self._clock.now())
+        if restored is not None:
+            self._restored.append(restored)
+            self._wake.set()
+
+    def events_committed(self, events: object, receipt: object) -> None:
+        """Intake's listener: every stored event is a sign of life from its device."""
+        assert isinstance(events, list | tuple)
+        for event in events:
+            if event.protocol != INCIDENT:
+                self.seen(event.protocol, event.source)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="supervision")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.run_due()
+            except Exception:  # a store hiccup: try again at the next wake-up
+                log.exception("supervision_run_failed")
+            times = [t for t in (self.core.next_deadline(), self.outages.next_tick()) if t]
+            timeout = None
+            if times:
+                timeout = max(0.05, (min(times) - self._clock.now()).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def run_due(self) -> int:
+        """Report what is due now; returns how many events were submitted."""
+        now = self._clock.now()
+        events: list[Event] = []
+        restored, self._restored = self._restored, []
+        for back in restored:
+            events.append(self._link_event(back.key, Condition.RESTORE, now, back.lost_at))
+            events += self._outage_events(self.outages.back(back.key, now), now)
+        while (deadline := self.core.next_deadline()) is not None and deadline <= now:
+            for lost in self.core.due(now):
+                group = self._groups.get(lost.key, ("", "-"))
+                actions = self.outages.lost(lost.key, group, now)
+                events += self._outage_events(actions, now)
+        events += self._outage_events(self.outages.tick(now), now)
+        if events:
+            await self._intake.submit(events)
+        return len(events)
+
+    def _link_event(
+        self, key: DeviceKey, condition: Condition, now: datetime, lost_at: datetime
+    ) -> Event:
+        protocol, source = key
+        text = (
+            "no message within the supervision interval"
+            if condition is Condition.ALARM
+            else f"heard from again after {now - lost_at}"
+        )
+        return Event(
+            protocol=protocol,
+            source=source,
+            kind=EventKind.LINK_LOST,
+            condition=condition,
+            priority=EventKind.LINK_LOST.default_priority,
+            received_at=now,
+            dedup_key=f"supervision:{protocol}:{source}:{iso(lost_at)}:{condition.value}",
+            raw=b"",
+            code="SUPERVISION",
+            text=text,
+        )
+
+    def _outage_events(self, actions: list[OutageAction], now: datetime) -> list[Event]:
+        events: list[Event] = []
+        for action in actions:
+            if isinstance(action, Individual):
+                events.append(self._link_event(action.key, Condition.ALARM, now, action.lost_at))
+            elif isinstance(action, IncidentOpened):
+                tenant, area = _area(action.group)
+                log.warning(
+                    "outage_incident_opened", tenant=tenant, area=area, devices=len(action.devices)
+                )
+                events.append(
+                    Event(
+                        protocol=INCIDENT,
+                        source=f"incident:{tenant}:{area}",
+                        kind=EventKind.LINK_LOST,
+                        condition=Condition.ALARM,
+                        priority=EventKind.LINK_LOST.default_priority,
+                        received_at=now,
+                        dedup_key=f"incident:{tenant}:{area}:{iso(action.started_at)}",
+                        raw=b"",
+                        code="OUTAGE",
+                        text=f"{len(action.devices)} devices in area {area} silent at once",
+                        attributes={
+                            "devices": " ".join(f"{p}:{s}" for p, s in action.devices),
+                            "batteries_from": iso(action.batteries_from),
+                            "batteries_by": iso(action.batteries_by),
+                        },
+                    )
+                )
+            elif isinstance(action, IncidentClosed):
+                tenant, area = _area(action.group)
+                log.info(
+                    "outage_incident_closed",
+                    tenant=tenant,
+                    area=area,
+                    still_silent=len(action.still_silent),
+                )
+                events.append(
+                    Event(
+                        protocol=INCIDENT,
+                        source=f"incident:{tenant}:{area}",
+                        kind=EventKind.LINK_LOST,
+                        condition=Condition.RESTORE,
+                        priority=EventKind.LINK_LOST.default_priority,
+                        received_at=now,
+                        dedup_key=f"incident:{tenant}:{area}:{iso(now)}:restore",
+                        raw=b"",
+                        code="OUTAGE",
+                        text=f"outage over; {len(action.still_silent)} devices still silent",
+                    )
+                )
+                for key in action.still_silent:
+                    # heard from in the same pass (the incident closed half-way through
+                    # a burst of returns): no case for a device that is back
+                    if self.core.is_lost(key):
+                        events.append(self._link_event(key, Condition.ALARM, now, now))
+        return events
+
+
+def _area(group: object) -> tuple[str, str]:
+    """Our outage groups are ``(tenant, area)``; the core takes any hashable."""
+    assert isinstance(group, tuple) and len(group) == 2
+    return str(group[0]), str(group[1])
