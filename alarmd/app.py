@@ -175,6 +175,7 @@ class Daemon:
                 health=self.health,
                 engine=self.engine,
                 advance_clock=self._advance_clock if isinstance(self.clock, FakeClock) else None,
+                directory_changed=self.supervision.reload,
             ),
             config.api.host,
             config.api.port,

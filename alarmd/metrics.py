@@ -128,6 +128,29 @@ ESCALATION_LATENESS = Histogram(
     registry=REGISTRY,
 )
 
+# --- supervision ---------------------------------------------------------------------------
+SUPERVISED_DEVICES = Gauge(
+    "alarmd_supervised_devices",
+    "Devices with an expected heartbeat interval.",
+    registry=REGISTRY,
+)
+DEVICES_OVERDUE = Gauge(
+    "alarmd_devices_overdue",
+    "Supervised devices reported lost and not heard from since.",
+    registry=REGISTRY,
+)
+OUTAGE_INCIDENTS_OPEN = Gauge(
+    "alarmd_outage_incidents_open",
+    "Mass-outage incidents open (many devices of one area silent at once).",
+    registry=REGISTRY,
+)
+DETECTION_SECONDS = Histogram(
+    "alarmd_supervision_detection_seconds",
+    "From a lost device's last message to the moment it was reported lost.",
+    buckets=(60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+    registry=REGISTRY,
+)
+
 # --- daemon ------------------------------------------------------------------------------
 CONFIG_RELOAD_OK = Gauge(
     "alarmd_config_last_reload_successful",

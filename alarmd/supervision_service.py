@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from alarmd import metrics
 from alarmd.clock import Clock
 from alarmd.intake import Intake
 from alarmd.model import Condition, Event, EventKind
@@ -77,8 +78,12 @@ class SupervisionService:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def load(self) -> int:
-        """Supervise every device the directory says should send heartbeats."""
+    async def load(self, *, resume: bool = True) -> int:
+        """Supervise every device the directory says should send heartbeats.
+
+        At start (``resume``) nobody is reported before the start-up grace is over. Called
+        again after a directory import (``resume=False``): new devices are supervised from
+        now, changed intervals apply, and what each device was last heard is kept."""
         reader = self._store.reader
         async with reader.execute(
             "SELECT d.protocol, d.identity, d.supervision_s, d.tenant,"
@@ -96,9 +101,21 @@ class SupervisionService:
             last_seen = parse_iso(last) if last else None
             self.core.supervise(key, interval, grace_for(interval), now, last_seen)
             self._groups[key] = (str(tenant), str(postcode) or "-")
-        self.core.resume(now, self._startup_grace)
-        log.info("supervision_loaded", devices=len(rows), grace_s=self._startup_grace.seconds)
+        wanted = {(str(r[0]), str(r[1])) for r in rows}
+        for key in list(self._groups):
+            if key not in wanted:  # removed, or no longer supervised
+                self.core.forget(key)
+                del self._groups[key]
+        if resume:
+            self.core.resume(now, self._startup_grace)
+        metrics.SUPERVISED_DEVICES.set(len(self.core))
+        log.info("supervision_loaded", devices=len(rows), resume=resume)
         return len(rows)
+
+    async def reload(self) -> None:
+        """The directory changed (an import): pick up new and changed devices."""
+        await self.load(resume=False)
+        self._wake.set()
 
     # --- input -----------------------------------------------------------------------------
 
@@ -155,12 +172,15 @@ class SupervisionService:
             events += self._outage_events(self.outages.back(back.key, now), now)
         while (deadline := self.core.next_deadline()) is not None and deadline <= now:
             for lost in self.core.due(now):
+                metrics.DETECTION_SECONDS.observe((now - lost.last_seen).total_seconds())
                 group = self._groups.get(lost.key, ("", "-"))
                 actions = self.outages.lost(lost.key, group, now)
                 events += self._outage_events(actions, now)
         events += self._outage_events(self.outages.tick(now), now)
         if events:
             await self._intake.submit(events)
+        metrics.DEVICES_OVERDUE.set(self.core.lost)
+        metrics.OUTAGE_INCIDENTS_OPEN.set(self.outages.incidents)
         return len(events)
 
     def _link_event(

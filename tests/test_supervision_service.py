@@ -168,3 +168,21 @@ async def test_restart_in_the_middle_of_an_outage_is_no_flood(tmp_path: Path) ->
     # still one outage: the silent devices joined the open incident case, no flood of cases
     assert second.world.q("SELECT count(*) FROM cases") == [(1,)]
     await store.close()
+
+
+async def test_devices_imported_later_are_supervised_after_reload(sup: Supervised) -> None:
+    assert len(sup.service.core) == AREA_DEVICES + 1
+
+    def add(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO devices (tenant, protocol, identity, supervision_s, updated_at)"
+            " VALUES ('eksempel-kommune', 'dc09', 'NEW1', 120, ?)",
+            (NOW,),
+        )
+        conn.execute("UPDATE devices SET supervision_s = NULL WHERE identity = 'A0'")
+
+    await sup.world.store.writer.submit(add)
+    await sup.service.reload()
+    assert len(sup.service.core) == AREA_DEVICES + 1  # NEW1 in, A0 out
+    assert ("dc09", "NEW1") in sup.service._groups
+    assert ("dc09", "A0") not in sup.service._groups

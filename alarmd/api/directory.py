@@ -140,6 +140,9 @@ async def import_directory(request: web.Request) -> web.Response:
         return _problems(
             409, "directory_conflict", exc, f"{filename} conflicts with the stored directory"
         )
+    changed = request.app[CONTEXT].directory_changed
+    if changed is not None and summary.changed:
+        await changed()  # supervision picks up new devices at once
     return web.json_response({"source": filename, "format": fmt, **summary.to_json()})
 
 

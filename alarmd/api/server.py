@@ -42,6 +42,8 @@ class ApiContext:
     engine: Engine | None = None
     # tests only: the daemon runs on a fake clock (ALARMD_TEST_CLOCK) moved through the API
     advance_clock: Callable[[float], None] | None = None
+    # called after a directory import that changed something
+    directory_changed: Callable[[], Awaitable[None]] | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
