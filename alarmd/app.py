@@ -113,6 +113,14 @@ class Daemon:
             )
         return endpoints
 
+    @staticmethod
+    def _account_intervals(config: AlarmdConfig) -> dict[tuple[str, str], tuple[str, timedelta]]:
+        return {
+            ("dc09", account): (a.tenant, timedelta(seconds=a.supervision_interval_s))
+            for account, a in config.accounts.items()
+            if a.supervision_interval_s
+        }
+
     def _tenant_of(self, protocol: str, source: str) -> str | None:
         if protocol == "dc09":
             return self._tenants.get(source)
@@ -163,6 +171,7 @@ class Daemon:
         self.engine.on_outbox(self.dispatcher.wake)
         await self._seed_example_directory()
         self.supervision = SupervisionService(self.store, self.intake, self.clock)
+        self.supervision.set_account_intervals(self._account_intervals(config))
         self.intake.add_listener(self.supervision.events_committed)
         await self.supervision.load()
         self.supervision.start()
@@ -314,6 +323,9 @@ class Daemon:
         if self.intake is not None:
             self.intake.set_tenant_lookup(self._tenant_of)
         self.routing = routing  # new cases only: running ones keep their snapshots
+        if self.supervision is not None:
+            self.supervision.set_account_intervals(self._account_intervals(new))
+            asyncio.get_running_loop().create_task(self.supervision.reload())
         if self.engine is not None:
             self.engine.set_router(self._route, routing.centre.operators)
         if self.webhooks is not None:

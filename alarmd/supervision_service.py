@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -77,6 +78,13 @@ class SupervisionService:
         self._restored: list[LinkRestored] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # intervals from the accounts file: (protocol, source) -> (tenant, interval)
+        self._account_intervals: dict[DeviceKey, tuple[str, timedelta]] = {}
+
+    def set_account_intervals(self, intervals: dict[DeviceKey, tuple[str, timedelta]]) -> None:
+        """Heartbeat intervals set per account in the accounts file; a device's own interval
+        in the directory wins. Takes effect at the next ``load``."""
+        self._account_intervals = dict(intervals)
 
     async def load(self, *, resume: bool = True) -> int:
         """Supervise every device the directory says should send heartbeats.
@@ -91,9 +99,28 @@ class SupervisionService:
             " (SELECT max(received_at) FROM events e"
             "   WHERE e.protocol = d.protocol AND e.source = d.identity)"
             " FROM devices d LEFT JOIN service_users u ON u.id = d.user_id"
-            " WHERE d.supervision_s IS NOT NULL AND d.supervision_s > 0"
         ) as cursor:
-            rows = list(await cursor.fetchall())
+            found: list[tuple[Any, ...]] = [tuple(r) for r in await cursor.fetchall()]
+        known = {(str(r[0]), str(r[1])) for r in found}
+        for (protocol, source), (tenant, _interval) in self._account_intervals.items():
+            if (protocol, source) not in known:  # an account with no directory entry
+                async with reader.execute(
+                    "SELECT max(received_at) FROM events WHERE protocol = ? AND source = ?",
+                    (protocol, source),
+                ) as cursor:
+                    last_row = await cursor.fetchone()
+                found.append(
+                    (protocol, source, None, tenant, "", last_row[0] if last_row else None)
+                )
+        rows = []
+        for row in found:
+            seconds = row[2]
+            if not seconds:
+                fallback = self._account_intervals.get((str(row[0]), str(row[1])))
+                if fallback is None:
+                    continue  # nobody said how often this device calls in
+                seconds = int(fallback[1].total_seconds())
+            rows.append((*row[:2], seconds, *row[3:]))
         now = self._clock.now()
         for protocol, identity, seconds, tenant, postcode, last in rows:
             key = (str(protocol), str(identity))

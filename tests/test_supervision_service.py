@@ -186,3 +186,23 @@ async def test_devices_imported_later_are_supervised_after_reload(sup: Supervise
     assert len(sup.service.core) == AREA_DEVICES + 1  # NEW1 in, A0 out
     assert ("dc09", "NEW1") in sup.service._groups
     assert ("dc09", "A0") not in sup.service._groups
+
+
+async def test_an_accounts_interval_supervises_a_device_the_directory_leaves_open(
+    sup: Supervised,
+) -> None:
+    sup.service.set_account_intervals(
+        {
+            ("dc09", "1234"): ("eksempel-kommune", timedelta(hours=25)),  # directory wins
+            ("dc09", "ONLYACCT"): ("eksempel-kommune", timedelta(minutes=10)),
+        }
+    )
+    await sup.service.reload()
+    assert ("dc09", "ONLYACCT") in sup.service._groups
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)
+    for _ in range(5):
+        await sup.step(4 * 60)
+        sup.beat("1234", *EVERYONE)
+    # ONLYACCT: 10 min + 1 min grace from load (T0) ran out at T0+11, pending 5 min
+    assert [c[0] for c in sup.cases()] == ["ONLYACCT"]
