@@ -290,6 +290,9 @@ class MqttIngest:
                     host=self.settings.broker.host,
                     port=self.settings.broker.port,
                 )
+            except Exception:  # a bug must not stop the consumer for good: reconnect
+                MQTT_RECONNECTS.labels("ingest").inc()
+                log.exception("mqtt_ingest_failed")
             finally:
                 self.connected.clear()
                 self._gauge.set(0)
@@ -340,6 +343,9 @@ class MqttIngest:
                 if not lost.done():
                     lost.set_exception(_ConnectionLost("session ended"))
                 lost.exception()  # retrieved: no "never retrieved" warning
+                for item in pending:
+                    if isinstance(item.done, asyncio.Task):  # a dead-letter publish, not a commit
+                        item.done.cancel()
                 pending.clear()
 
     def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> asyncio.Future[Any]:
@@ -355,7 +361,12 @@ class MqttIngest:
             max_bytes=self.settings.max_payload_bytes,
         )
         if result.error is None:
-            return self.intake.submit_future(result.events)
+            try:
+                return self.intake.submit_future(result.events)
+            except Exception as exc:  # e.g. the store is closed: not acknowledged
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                return failed
         error = result.error
         MQTT_MALFORMED.labels(error.reason).inc()
         log.warning(

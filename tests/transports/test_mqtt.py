@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
+from alarmd import metrics
 from alarmd.clock import FakeClock
 from alarmd.intake import Intake
 from alarmd.model import Event, Receipt
 from alarmd.protocols.mqtt_events import native_topic, parse_mapping
 from alarmd.sim.mqtt import native_event_payload, publish
-from alarmd.store.db import Store
+from alarmd.store.db import Store, StoreError
 from alarmd.transports.mqtt import (
     MQTT_RECONNECTS,
     MqttIngest,
@@ -54,8 +58,14 @@ class RecordingIntake(Intake):
         super().__init__(store, dedup_window=timedelta(hours=24), tenant_of=lambda p, s: None)
         self.committed: asyncio.Queue[tuple[tuple[Event, ...], Receipt]] = asyncio.Queue()
         self.hold = False
+        self.fail_next = 0  # submissions refused as if the store could not commit
 
     def submit_future(self, events: Sequence[Event]) -> asyncio.Future[Receipt]:
+        if self.fail_next:
+            self.fail_next -= 1
+            failed: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+            failed.set_exception(StoreError("disk full"))
+            return failed
         inner = super().submit_future(events)
         outer: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
 
@@ -235,24 +245,60 @@ def test_a_dead_letter_topic_we_would_read_back_is_refused() -> None:
 async def test_broker_restart_mid_stream_loses_nothing_and_doubles_nothing(
     broker: Broker, store: Store
 ) -> None:
-    """40 events, the broker restarted (a clean stop: its sessions persist) after 20 of them:
-    alarmd reconnects with backoff, whatever it had not acknowledged comes again and is
-    de-duplicated; every event is stored exactly once."""
+    """A device publishes 60 events at QoS 1, re-sending an event until the broker has
+    acknowledged it; the broker is restarted (a clean stop: sessions persist) once alarmd has
+    committed 20. alarmd reconnects with backoff, what it had not acknowledged comes again
+    and is de-duplicated, as is what the device re-sent: every event is stored exactly once."""
     intake = RecordingIntake(store)
     topic = native_topic("eksempel-kommune", "P-2")
+
+    # the device gives up on a PUBACK after 1 s (aiomqtt would wait 10 s on a dead connection)
+    device_broker = dataclasses.replace(broker.settings(), timeout=1.0)
+
+    async def device() -> None:
+        for n in range(60):
+            while True:
+                try:
+                    await publish(device_broker, topic, native(f"s-{n}"))
+                    break
+                except aiomqtt.MqttError:
+                    await asyncio.sleep(0.02)  # the broker is restarting: try again
+
     async with ingesting(broker, intake) as ingest:
-        for n in range(20):
-            await publish(broker.settings(), topic, native(f"s-{n}"))
-        seen = {(await intake.next_commit())[0][0].dedup_key for _ in range(20)}
+        sender = asyncio.create_task(device())
+        seen = [(await intake.next_commit())[0][0].dedup_key for _ in range(20)]
         sessions = ingest.sessions
         broker.restart()
         await asyncio.wait_for(_reconnected(ingest, sessions), WAIT)
-        for n in range(20, 40):
-            await publish(broker.settings(), topic, native(f"s-{n}"))
-        while len(seen) < 40:
-            seen.add((await intake.next_commit())[0][0].dedup_key)
-    assert seen == {f"mqtt:eksempel-kommune:P-2:s-{n}" for n in range(40)}
-    assert rows(store, "SELECT count(*), count(DISTINCT dedup_key) FROM events") == [(40, 40)]
+        while len(set(seen)) < 60:
+            seen.append((await intake.next_commit())[0][0].dedup_key)
+        await asyncio.wait_for(sender, WAIT)
+    assert set(seen) == {f"mqtt:eksempel-kommune:P-2:s-{n}" for n in range(60)}
+    assert rows(store, "SELECT count(*), count(DISTINCT dedup_key) FROM events") == [(60, 60)]
+
+
+async def test_a_store_failure_leaves_the_message_unacknowledged_and_it_comes_again(
+    broker: Broker, store: Store
+) -> None:
+    intake = RecordingIntake(store)
+    intake.fail_next = 1
+    unacked = metrics.UNACKED_STORE_FAILURE.labels("mqtt")
+    before = unacked._value.get()
+    async with ingesting(broker, intake) as ingest:
+        sessions = ingest.sessions
+        await publish(broker.settings(), native_topic("eksempel-kommune", "P-3"), native("f1"))
+        (event,), receipt = await intake.next_commit()  # after the reconnect
+        assert ingest.sessions > sessions
+    assert event.dedup_key.endswith(":f1") and receipt.duplicate == (False,)
+    assert unacked._value.get() == before + 1
+    assert rows(store, "SELECT count(*) FROM events") == [(1,)]
+
+
+async def test_client_sockets_have_tcp_nodelay(broker: Broker) -> None:
+    async with broker_client(broker.settings(), None, persistent=False) as client:
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 async def _reconnected(ingest: MqttIngest, sessions: int) -> None:
