@@ -174,6 +174,7 @@ class StaffMqtt:
         self.connected = asyncio.Event()
         self.sessions = 0
         self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tls: ssl.SSLContext | None = (
             settings.broker.tls.context() if settings.broker.tls is not None else None
         )
@@ -199,8 +200,16 @@ class StaffMqtt:
         body.update({k: v for k, v in item.payload.items() if k not in body})
         body.setdefault("case_id", item.case_id)
         topic = notify_topic(tenant, item.address, self.settings.prefix)
+        # aiomqtt waits out its whole timeout for a PUBACK on a dead connection: stop at
+        # the loss instead, and let the outbox try again on the next connection
+        publish = asyncio.ensure_future(client.publish(topic, _json(body), qos=1))
+        waiters: set[asyncio.Future[Any]] = {publish, self._lost}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not publish.done():
+            publish.cancel()
+            raise DeliveryError(f"publish to {topic}: connection lost", retryable=True)
         try:
-            await client.publish(topic, _json(body), qos=1)
+            publish.result()
         except aiomqtt.MqttError as exc:
             raise DeliveryError(f"publish to {topic}: {exc}", retryable=True) from None
 
@@ -216,8 +225,13 @@ class StaffMqtt:
             except (aiomqtt.MqttError, _StoreFailed, OSError) as exc:
                 MQTT_RECONNECTS.labels("staff").inc()
                 log.warning("mqtt_staff_disconnected", error=str(exc))
+            except Exception:  # a bug must not stop the consumer for good: reconnect
+                MQTT_RECONNECTS.labels("staff").inc()
+                log.exception("mqtt_staff_failed")
             finally:
                 self._client = None
+                if not self._lost.done():
+                    self._lost.set_result(None)
                 self.connected.clear()
                 self._gauge.set(0)
             await asyncio.sleep(backoff.next_delay())
@@ -233,6 +247,7 @@ class StaffMqtt:
         async with client:
             await client.subscribe(f"{self.settings.prefix}/+/staff/+/ack", qos=1)
             backoff.reset()
+            self._lost = asyncio.get_running_loop().create_future()
             self._client = client
             self.sessions += 1
             self.connected.set()
