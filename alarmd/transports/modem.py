@@ -386,9 +386,12 @@ class ModemTransport:
             try:
                 async with asyncio.timeout(wait_s or self._command_timeout):
                     if prompt is not None:
-                        await prompt
-                        assert data is not None
-                        writer.write(self._dialogue.send_data(data))
+                        # an error (+CMS ERROR) may come instead of the prompt
+                        await asyncio.wait((prompt, done), return_when=asyncio.FIRST_COMPLETED)
+                        if not done.done():
+                            prompt.result()  # raises if the port was lost meanwhile
+                            assert data is not None
+                            writer.write(self._dialogue.send_data(data))
                     return await done
             except TimeoutError:
                 self._dialogue.abandon()
