@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from alarmd.transports.mqtt import BrokerSettings
+from alarmd.transports.mqtt import BrokerSettings, TlsSettings
 
 START_TIMEOUT_S = 10.0
 
@@ -58,6 +58,7 @@ class Broker:
     directory: Path
     users: Mapping[str, str] = field(default_factory=dict)  # user -> password; empty: anonymous
     acl: str | None = None  # ACL file text (needs users)
+    tls: TlsFiles | None = None  # TLS on the listener (clients must verify with tls.ca)
     host: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
@@ -73,6 +74,7 @@ class Broker:
             port=self.port,
             username=username,
             password=password,
+            tls=TlsSettings(ca_file=str(self.tls.ca)) if self.tls is not None else None,
             reconnect_min=0.05,
             reconnect_max=0.5,
         )
@@ -97,6 +99,12 @@ class Broker:
             "log_type notice",
             "log_type information",
         ]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca}",
+                f"certfile {self.tls.cert}",
+                f"keyfile {self.tls.key}",
+            ]
         if self.users:
             passwd = self.directory / "passwd"
             passwd.write_text("")
@@ -186,12 +194,79 @@ class Broker:
         self.start()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, host: str = "127.0.0.1") -> TlsFiles:
+    """A throwaway CA and a server certificate for ``host`` (an IP SAN), valid for a day."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("alarmd test CA"))
+        .issuer_name(name("alarmd test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(host))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
 @contextlib.contextmanager
 def running_broker(
-    directory: Path, *, users: Mapping[str, str] | None = None, acl: str | None = None
+    directory: Path,
+    *,
+    users: Mapping[str, str] | None = None,
+    acl: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Iterator[Broker]:
     directory.mkdir(parents=True, exist_ok=True)
-    broker = Broker(directory, users=dict(users or {}), acl=acl)
+    broker = Broker(directory, users=dict(users or {}), acl=acl, tls=tls)
     broker.start()
     try:
         yield broker

@@ -32,7 +32,7 @@ from alarmd.transports.mqtt import (
     broker_client,
 )
 
-from mqtt_broker import Broker, running_broker
+from mqtt_broker import Broker, make_tls, running_broker
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 WAIT = 20.0  # a safety net for a hung test, never a deadline a test waits for
@@ -332,6 +332,32 @@ async def test_wrong_password_is_retried_not_fatal(tmp_path: Path, store: Store)
         task = asyncio.create_task(good.run())
         try:
             await asyncio.wait_for(good.connected.wait(), WAIT)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_tls_with_a_password_stores_events(tmp_path: Path, store: Store) -> None:
+    tls = make_tls(tmp_path / "tls")
+    users = {"alarmd": "s3cret", "dev": "d3v"}
+    with running_broker(tmp_path / "tls-broker", users=users, tls=tls) as broker:
+        intake = RecordingIntake(store)
+        ingest = MqttIngest(
+            intake=intake,
+            clock=FakeClock(T0),
+            settings=MqttIngestSettings(broker=broker.settings("alarmd", "s3cret")),
+        )
+        task = asyncio.create_task(ingest.run())
+        try:
+            await asyncio.wait_for(ingest.connected.wait(), WAIT)
+            topic = native_topic("eksempel-kommune", "P-7")
+            await publish(broker.settings("dev", "d3v"), topic, native("tls-1"))
+            (event,), _ = await intake.next_commit()
+            assert event.dedup_key.endswith(":tls-1")
+            plain = dataclasses.replace(broker.settings("dev", "d3v"), tls=None, timeout=0.5)
+            with pytest.raises(aiomqtt.MqttError):  # the listener speaks only TLS
+                await publish(plain, topic, native("plain-1"))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
