@@ -174,7 +174,7 @@ class StaffMqtt:
         self.connected = asyncio.Event()
         self.sessions = 0
         self._client: aiomqtt.Client | None = None
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lost: asyncio.Future[None] | None = None  # done when this session ends
         self._tls: ssl.SSLContext | None = (
             settings.broker.tls.context() if settings.broker.tls is not None else None
         )
@@ -193,8 +193,8 @@ class StaffMqtt:
                 f"mqtt id {item.address!r} is not one topic level [A-Za-z0-9._:@-]",
                 retryable=False,
             )
-        client = self._client
-        if client is None or not self.connected.is_set():
+        client, lost = self._client, self._lost
+        if client is None or lost is None or not self.connected.is_set():
             raise DeliveryError("not connected to the MQTT broker", retryable=True)
         body: dict[str, Any] = {"type": "notification", "delivery_id": item.dedup_key}
         body.update({k: v for k, v in item.payload.items() if k not in body})
@@ -203,7 +203,7 @@ class StaffMqtt:
         # aiomqtt waits out its whole timeout for a PUBACK on a dead connection: stop at
         # the loss instead, and let the outbox try again on the next connection
         publish = asyncio.ensure_future(client.publish(topic, _json(body), qos=1))
-        waiters: set[asyncio.Future[Any]] = {publish, self._lost}
+        waiters: set[asyncio.Future[Any]] = {publish, lost}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not publish.done():
             publish.cancel()
@@ -230,7 +230,7 @@ class StaffMqtt:
                 log.exception("mqtt_staff_failed")
             finally:
                 self._client = None
-                if not self._lost.done():
+                if self._lost is not None and not self._lost.done():
                     self._lost.set_result(None)
                 self.connected.clear()
                 self._gauge.set(0)
