@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -18,11 +19,11 @@ import pytest
 
 from alarmd.clock import FakeClock
 from alarmd.notify.mqtt import StaffMqtt, StaffMqttSettings, parse_action
-from alarmd.notify.outbox import Dispatcher
+from alarmd.notify.outbox import DeliveryError, Dispatcher, OutboxItem
 from alarmd.routing.escalation import EscalationPolicy, Recipient, Step
-from alarmd.sim.mqtt import publish_staff_action
+from alarmd.sim.mqtt import publish_device_event, publish_staff_action
 from alarmd.store.db import Store
-from alarmd.transports.mqtt import broker_client
+from alarmd.transports.mqtt import MqttIngest, MqttIngestSettings, broker_client
 
 from caseworld import CENTRE, T0, Router, World, seed_directory
 from mqtt_broker import Broker, running_broker
@@ -30,7 +31,13 @@ from mqtt_broker import Broker, running_broker
 WAIT = 20.0  # a safety net for a hung test, never a deadline a test waits for
 TENANT = "eksempel-kommune"
 ACL = (Path(__file__).parents[2] / "config" / "mosquitto" / "acl").read_text()
-USERS = {"alarmd": "pw-alarmd", "kari": "pw-kari", "ola": "pw-ola", "per": "pw-per"}
+USERS = {
+    "alarmd": "pw-alarmd",
+    "kari": "pw-kari",
+    "ola": "pw-ola",
+    "per": "pw-per",
+    "FALL-1": "pw-device",
+}
 
 
 @pytest.fixture
@@ -52,6 +59,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "INSERT INTO staff (id, tenant, ref, name, channels, updated_at)"
             " VALUES (4, ?, 'per', 'Per', '{\"mqtt\": \"per\"}', ?)",
             (TENANT, "2026-03-02T09:00:00.000000Z"),
+        )
+        conn.execute(  # Astrid's fall sensor speaks MQTT (native schema)
+            "INSERT INTO devices (tenant, user_id, protocol, identity, updated_at)"
+            " VALUES (?, 1, 'mqtt', 'FALL-1', '2026-03-02T09:00:00.000000Z')",
+            (TENANT,),
         )
 
     await store.writer.submit(seed)
@@ -225,6 +237,66 @@ async def test_the_acl_keeps_each_carer_to_their_own_topics(
     assert world.case()["accepted_by"] is None
     assert world.types()[-1] == "declined"
     assert not [t for t, m in world.log() if "staff:2" in m and t not in ("notify", "delivered")]
+
+
+async def test_device_to_carer_and_back_all_over_mqtt(
+    broker: Broker, world: World, staff: StaffMqtt
+) -> None:
+    """A fall sensor publishes on the native topic; alarmd stores it, opens and routes the
+    case, notifies the team on their staff topics; Kari accepts from her app; the step's
+    deadline passes without escalation."""
+    ingest = MqttIngest(
+        intake=world.intake,
+        clock=world.clock,
+        settings=MqttIngestSettings(broker=broker.settings("alarmd", USERS["alarmd"])),
+    )
+    consumer = asyncio.create_task(ingest.run())
+    try:
+        await asyncio.wait_for(ingest.connected.wait(), WAIT)
+        async with app(broker, "kari") as kari:
+            device = broker.settings("FALL-1", USERS["FALL-1"])
+            await publish_device_event(device, TENANT, "FALL-1", "fall", event_id="ev-1", time=T0)
+            case = await _until_state(world, "new")
+            assert (case["user_id"], case["kind"], case["protocol"]) == (1, "fall", "mqtt")
+            await world.tick()  # the engine routes
+            dispatcher = Dispatcher(world.store, world.clock, {"mqtt": staff})
+            assert await dispatcher.run_due() == 2
+            assert (await next_message(kari))["first_name"] == "Astrid"
+            await publish_staff_action(
+                broker.settings("kari", USERS["kari"]), TENANT, "kari", 1, "accept"
+            )
+            assert (await next_message(kari))["state"] == "accepted"
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    await world.tick(3 * 60)
+    assert (world.case()["state"], world.case()["accepted_by"]) == ("accepted", "staff:1")
+    assert "escalated" not in world.types()
+    assert world.q("SELECT protocol, source, dedup_key FROM events") == [
+        ("mqtt", "FALL-1", f"mqtt:{TENANT}:FALL-1:ev-1")
+    ]
+
+
+async def test_delivery_without_a_broker_connection_is_retried() -> None:
+    channel = StaffMqtt(engine=None, store=None, settings=StaffMqttSettings())  # type: ignore[arg-type]
+    item = OutboxItem(
+        id=1,
+        case_id=1,
+        channel="mqtt",
+        person="staff:1",
+        address="kari",
+        payload={"tenant": TENANT, "case_id": 1},
+        dedup_key="case:1:step:0:staff:1:mqtt",
+        attempts=0,
+        created_at=T0,
+    )
+    with pytest.raises(DeliveryError) as raised:
+        await channel.deliver(item)
+    assert raised.value.retryable
+    with pytest.raises(DeliveryError) as raised:
+        await channel.deliver(dataclasses.replace(item, address="kari/#"))
+    assert not raised.value.retryable and "one topic level" in raised.value.message
 
 
 def test_parse_action_table() -> None:
