@@ -624,10 +624,18 @@ class ModemTransport:
         self, deliver: sms.Deliver, text: str, indexes: Sequence[int], pdus: Sequence[str]
     ) -> None:
         sender = normalise_number(deliver.sender)
-        if self._reply_handler is not None and await self._reply_handler(sender, text):
-            MODEM_SMS_RECEIVED.labels(self.name, "reply").inc()
-            await self._delete(indexes)
-            return
+        if self._reply_handler is not None:
+            try:
+                is_reply = await self._reply_handler(sender, text)
+            except Exception:
+                # the SMS stays on the SIM and is offered again at the next listing
+                log.exception("modem_reply_handler_failed", modem=self.name, source=sender)
+                self._relist = True
+                return
+            if is_reply:
+                MODEM_SMS_RECEIVED.labels(self.name, "reply").inc()
+                await self._delete(indexes)
+                return
         c = self.table.classify_sms(sender, text)
         event = self._event(sender, c, text, deliver.timestamp, pdus)
         await self._submit_then_delete(event, indexes, "alarm")

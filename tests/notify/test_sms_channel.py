@@ -337,3 +337,23 @@ async def test_second_acceptance_is_refused_politely(centre: Centre) -> None:
     await centre.dispatcher.run_due()
     texts = [(s.number, s.text) for s in sim.sent if "kan ikke" in s.text]
     assert texts == [("+4700000102", "Alarm 1 kan ikke tas (tatt eller avsluttet).")]
+
+
+async def test_unplug_while_the_outbox_sends_loses_nothing_and_sends_once(
+    centre: Centre,
+) -> None:
+    world, sim, transport = centre.world, centre.sim, centre.transport
+    await world.send(EventKind.FALL)
+    await world.tick()
+    sim.unplug_on_send()
+    await centre.dispatcher.run_due()  # the first SMS vanishes with the modem
+    await eventually(lambda: transport.state is ModemState.DOWN)
+    await centre.dispatcher.run_due()
+    pending = [r for r in sms_rows(world) if r[3] == "pending"]
+    assert len(pending) == 2 and sim.sent == []  # both wait in the outbox, none is lost
+    sim.plug()
+    await eventually(lambda: transport.state is ModemState.READY)
+    world.clock.advance(30)  # past the outbox's backoff
+    await centre.dispatcher.run_due()
+    assert sorted(s.number for s in sim.sent) == [KARI, "+4700000102"]
+    assert {r[3] for r in sms_rows(world)} == {"sent"}

@@ -253,3 +253,45 @@ async def test_technical_alarm_when_down(env: Env) -> None:
     await eventually(lambda: len([r for r in env.events() if r[0] == "modem"]) == 2)
     rows = [(r[1], r[2]) for r in env.events() if r[0] == "modem"]
     assert rows == [("link_lost", "alarm"), ("link_lost", "restore")]
+
+
+async def test_sim_busy_at_start_is_waited_out(env: Env) -> None:
+    env.sim.fail_next("AT+CPIN?", "+CME ERROR: 14")
+    t = env.make()
+    await eventually(lambda: t.state is ModemState.READY)
+    assert env.sim.commands.count("AT+CPIN?") == 2
+
+
+async def test_incomplete_concatenated_sms_is_shown_after_the_timeout(env: Env) -> None:
+    text = "ALARM " + "Astrid har falt på badet og trenger hjelp. " * 4
+    env.sim.inject_sms(UNIT, text, timestamp=T, reference=3, parts=[1], announce=False)
+    t = env.make(poll_interval_s=0.02, partial_timeout_s=600)
+    await eventually(lambda: t.state is ModemState.READY and "AT+CMGL=4" in env.sim.commands)
+    polls = env.sim.commands.count("AT+CSQ")
+    await eventually(lambda: env.sim.commands.count("AT+CSQ") > polls + 1)
+    assert env.sim.deleted == [] and env.events() == []
+    env.clock.advance(601)
+    await eventually(lambda: env.sim.deleted == [1])
+    (row,) = env.events()
+    assert row[1] == "assistance" and row[3].endswith("[mangler del 2/2]")
+
+
+async def test_reply_handler_takes_replies_and_failures_keep_the_sms(env: Env) -> None:
+    seen: list[tuple[str, str]] = []
+    broken = True
+
+    async def handler(sender: str, text: str) -> bool:
+        seen.append((sender, text))
+        if broken:
+            raise RuntimeError("store reader gone")
+        return sender == "+4700000101"
+
+    t = env.make(poll_interval_s=0.02)
+    t.set_reply_handler(handler)
+    await eventually(lambda: t.state is ModemState.READY and "AT+CMGL=4" in env.sim.commands)
+    env.sim.inject_sms("+4700000101", "OK", timestamp=T)
+    await eventually(lambda: len(seen) >= 2)  # offered again at the next listing
+    assert env.sim.deleted == []
+    broken = False
+    await eventually(lambda: env.sim.deleted == [1])
+    assert env.events() == []  # a reply is not an alarm
