@@ -31,6 +31,7 @@ import structlog
 
 from alarmd import __version__, metrics
 from alarmd.api.server import ApiContext, ApiServer
+from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
 from alarmd.config import AlarmdConfig, ConfigError, default_config_path, load_config
 from alarmd.intake import Intake
@@ -79,6 +80,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self.engine: Engine | None = None
         self.supervision: SupervisionService | None = None
+        self.case_hub: CaseHub | None = None
         self.dispatcher: Dispatcher | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
@@ -169,6 +171,8 @@ class Daemon:
         self.webhooks = WebhookChannel(self._webhook_endpoints(), self.clock)
         self.dispatcher = Dispatcher(self.store, self.clock, {"webhook": self.webhooks})
         self.engine.on_outbox(self.dispatcher.wake)
+        self.case_hub = CaseHub()
+        self.engine.on_case_change(self.case_hub.publish)
         await self._seed_example_directory()
         self.supervision = SupervisionService(self.store, self.intake, self.clock)
         self.supervision.set_account_intervals(self._account_intervals(config))
@@ -185,6 +189,7 @@ class Daemon:
                 engine=self.engine,
                 advance_clock=self._advance_clock if isinstance(self.clock, FakeClock) else None,
                 directory_changed=self.supervision.reload,
+                case_hub=self.case_hub,
             ),
             config.api.host,
             config.api.port,

@@ -128,6 +128,19 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     cases.add_argument("--all", action="store_true", help="closed ones too, newest first")
     cases.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    admin = sub.add_parser("admin", help="administration: API tokens")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    token = admin_sub.add_parser("token", help="create, list and revoke API tokens")
+    token_sub = token.add_subparsers(dest="what", required=True)
+    create = token_sub.add_parser("create", help="issue a token (shown once)")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, help="operator, supervisor, home_care...")
+    create.add_argument("--tenant", action="append", help="limit to a tenant (repeatable)")
+    create.add_argument("--person", help="the staff member it acts for, e.g. staff:7")
+    token_sub.add_parser("list", help="every token issued (never the token itself)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token at once")
+    revoke.add_argument("name")
+
     routes = sub.add_parser("routes", help="test, explain and check the routing configuration")
     routes.add_argument("--config", type=Path, help="main YAML file (default: the example)")
     routes_sub = routes.add_subparsers(dest="routes_command", required=True)
@@ -157,6 +170,8 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _cases(args)
     if args.command == "routes":
         return _routes(args)
+    if args.command == "admin":
+        return _admin_token(args)
     if args.command == "simulate" and args.protocol == "dc09":
         if not getattr(args, "port", None):
             args.port = _run_info(args.data_dir).get("dc09_port") or 12128
@@ -234,6 +249,36 @@ def _request(
         return asyncio.run(go())
     except aiohttp.ClientError as exc:
         raise SystemExit(f"alarmctl: cannot reach {api}: {exc}") from None
+
+
+def _admin_token(args: argparse.Namespace) -> int:
+    if args.what == "create":
+        body = {"name": args.name, "role": args.role, "tenants": args.tenant, "person": args.person}
+        status, answer = _request(
+            args,
+            "POST",
+            "/api/v1/admin/tokens",
+            data=json.dumps(body).encode(),
+            content_type="application/json",
+        )
+    elif args.what == "list":
+        status, answer = _request(args, "GET", "/api/v1/admin/tokens")
+    else:
+        status, answer = _request(args, "DELETE", f"/api/v1/admin/tokens/{args.name}")
+    if status not in (200, 201):
+        print(f"alarmctl: {status} {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        return 1
+    if args.what == "create":
+        print(answer["token"])
+        print("(shown once: only its hash is kept)", file=sys.stderr)
+    elif args.what == "list":
+        for row in answer["tokens"]:
+            scope = ",".join(row["tenants"]) if row["tenants"] else "*"
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+            print(f"{row['name']:24} {row['role']:12} {scope:24} {row['person'] or '-':12} {state}")
+    else:
+        print(f"revoked {args.name}")
+    return 0
 
 
 def _import(args: argparse.Namespace) -> int:

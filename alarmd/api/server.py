@@ -25,6 +25,7 @@ from alarmd.store.db import Store
 from alarmd.store.events import list_events
 
 if TYPE_CHECKING:
+    from alarmd.api.stream import CaseHub
     from alarmd.routing.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,7 @@ class ApiContext:
     advance_clock: Callable[[float], None] | None = None
     # called after a directory import that changed something
     directory_changed: Callable[[], Awaitable[None]] | None = None
+    case_hub: CaseHub | None = None  # live updates (api/stream.py)
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
@@ -149,9 +151,13 @@ def create_app(context: ApiContext) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/v1/events", get_events)
     # imported here: the route modules use this module's CONTEXT, TOKEN_KEY and ApiError
+    from alarmd.api import admin as admin_api
     from alarmd.api import cases as cases_api
     from alarmd.api import directory as directory_api
+    from alarmd.api import stream as stream_api
 
+    admin_api.add_routes(app)
+    stream_api.add_routes(app)
     cases_api.add_routes(app)
     directory_api.add_routes(app)
     if context.advance_clock is not None:

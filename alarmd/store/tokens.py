@@ -90,3 +90,35 @@ async def lookup(reader: aiosqlite.Connection, token: str) -> TokenInfo | None:
         return None
     tenants = None if row[3] == "*" else tuple(t for t in row[3].split(",") if t)
     return TokenInfo(id=row[0], name=row[1], role=row[2], tenants=tenants, person=row[4])
+
+
+def revoke_job(name: str, now: datetime) -> Callable[[sqlite3.Connection], bool]:
+    """A writer job that revokes the token called ``name``; False if none is active."""
+
+    def job(conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+            (iso(now), name),
+        )
+        return cursor.rowcount == 1
+
+    return job
+
+
+async def list_tokens(reader: aiosqlite.Connection) -> list[dict[str, object]]:
+    """Every token ever issued, without its hash."""
+    async with reader.execute(
+        "SELECT name, role, tenants, person, created_at, revoked_at FROM api_tokens ORDER BY id"
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [
+        {
+            "name": r[0],
+            "role": r[1],
+            "tenants": None if r[2] == "*" else [t for t in r[2].split(",") if t],
+            "person": r[3],
+            "created_at": r[4],
+            "revoked_at": r[5],
+        }
+        for r in rows
+    ]

@@ -245,3 +245,17 @@ def test_a_port_in_use_is_a_clear_error_and_the_running_daemon_is_unaffected(
     assert "Traceback" not in result.stderr
     sim = daemon.alarmctl("simulate", "dc09", "--port", str(daemon.dc09_port), "--account", "1234")
     assert sim.returncode == 0, sim.stdout + sim.stderr
+
+
+def test_alarmctl_admin_token_create_list_revoke(daemon: DaemonProcess) -> None:
+    created = daemon.alarmctl("admin", "token", "create", "night-operator", "--role", "operator")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("alarmd_") and "shown once" in created.stderr
+    cases = daemon.alarmctl("--token", token, "cases")
+    assert cases.returncode == 0, cases.stderr
+    listed = daemon.alarmctl("admin", "token", "list")
+    assert "night-operator" in listed.stdout and token not in listed.stdout
+    assert daemon.alarmctl("admin", "token", "revoke", "night-operator").returncode == 0
+    refused = daemon.alarmctl("--token", token, "cases")
+    assert refused.returncode == 1 and "revoked" in refused.stderr
