@@ -154,8 +154,10 @@ def create_app(context: ApiContext) -> web.Application:
     from alarmd.api import admin as admin_api
     from alarmd.api import cases as cases_api
     from alarmd.api import directory as directory_api
+    from alarmd.api import openapi as openapi_api
     from alarmd.api import stream as stream_api
 
+    openapi_api.add_routes(app)
     admin_api.add_routes(app)
     stream_api.add_routes(app)
     cases_api.add_routes(app)
