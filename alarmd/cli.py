@@ -127,6 +127,33 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     cases = sub.add_parser("cases", help="list cases (open ones by default)")
     cases.add_argument("--all", action="store_true", help="closed ones too, newest first")
     cases.add_argument("--json", action="store_true", help="one JSON object per line")
+    case = sub.add_parser("case", help="one case: plan, contacts and log")
+    case.add_argument("id", type=int)
+    case.add_argument("--json", action="store_true")
+    for verb, text in (
+        ("accept", "take responsibility for a case"),
+        ("decline", "give a case back, or say you cannot take it"),
+        ("onsite", "someone is with the user"),
+    ):
+        sub.add_parser(verb, help=text).add_argument("id", type=int)
+    note = sub.add_parser("note", help="add a note to a case")
+    note.add_argument("id", type=int)
+    note.add_argument("text")
+    close = sub.add_parser("close", help="close a case with an outcome")
+    close.add_argument("id", type=int)
+    close.add_argument(
+        "outcome",
+        choices=[
+            "resolved_by_phone",
+            "home_care_dispatched",
+            "ambulance",
+            "next_of_kin",
+            "accidental",
+            "technical",
+            "test",
+        ],
+    )
+    close.add_argument("--note", default="")
 
     admin = sub.add_parser("admin", help="administration: API tokens")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
@@ -168,6 +195,10 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _import(args)
     if args.command == "cases":
         return _cases(args)
+    if args.command == "case":
+        return _case(args)
+    if args.command in ("accept", "decline", "onsite", "note", "close"):
+        return _act(args)
     if args.command == "routes":
         return _routes(args)
     if args.command == "admin":
@@ -307,6 +338,56 @@ def _import(args: argparse.Namespace) -> int:
         print(f"alarmctl: {status} {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
         return 1
     print(json.dumps(answer, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _case(args: argparse.Namespace) -> int:
+    status, body = _request(args, "GET", f"/api/v1/cases/{args.id}")
+    if status != 200:
+        print(f"alarmctl: {status} {body.get('error')}: {body.get('message')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+        return 0
+    print(
+        f"case {body['id']}  {body['tenant'] or '-'}  {body['kind']}  {body['state']}"
+        f"  mode {body['mode'] or '-'}  held by {body['accepted_by'] or '-'}"
+    )
+    plan = body.get("plan") or {}
+    if plan.get("instructions"):
+        print(f"instructions: {plan['instructions']}")
+    if plan.get("key_box"):
+        print(f"key box: {plan['key_box']}")
+    for contact in plan.get("contacts", []):
+        key = ", has a key" if contact.get("has_key") else ""
+        print(
+            f"contact {contact['position']}: {contact['name']} ({contact['relation']}){key}"
+            f" {contact['phone']}"
+        )
+    for entry in body["log"]:
+        print(f"{entry['at'][:19]}  {entry['actor']:24} {entry['type']:12} {entry['message']}")
+    return 0
+
+
+def _act(args: argparse.Namespace) -> int:
+    """accept / decline / onsite / note / close: the console's keys as plain commands."""
+    action = {"onsite": "on_site"}.get(args.command, args.command)
+    body: dict[str, str] = {}
+    if args.command == "note":
+        body = {"text": args.text}
+    elif args.command == "close":
+        body = {"outcome": args.outcome, "note": args.note}
+    status, answer = _request(
+        args,
+        "POST",
+        f"/api/v1/cases/{args.id}/{action}",
+        data=json.dumps(body).encode(),
+        content_type="application/json",
+    )
+    if status != 200:
+        print(f"alarmctl: {status} {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        return 1
+    print(f"case {answer['id']}: {answer['state']}, held by {answer['accepted_by'] or '-'}")
     return 0
 
 

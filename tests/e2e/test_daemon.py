@@ -259,3 +259,26 @@ def test_alarmctl_admin_token_create_list_revoke(daemon: DaemonProcess) -> None:
     assert daemon.alarmctl("admin", "token", "revoke", "night-operator").returncode == 0
     refused = daemon.alarmctl("--token", token, "cases")
     assert refused.returncode == 1 and "revoked" in refused.stderr
+
+
+def test_alarmctl_works_a_case_from_the_command_line(daemon: DaemonProcess) -> None:
+    sent = daemon.alarmctl(
+        "simulate", "dc09", "--port", str(daemon.dc09_port), "--account", "1234", "--zone", "3"
+    )
+    assert sent.returncode == 0, sent.stderr
+    for _ in range(200):  # routing runs right after the commit
+        listed = daemon.alarmctl("cases")
+        if "at_centre" in listed.stdout:
+            break
+        time.sleep(0.05)
+    assert "fall" in listed.stdout and "at_centre" in listed.stdout, listed.stdout
+    assert (
+        daemon.alarmctl("accept", "1").stdout.strip() == "case 1: accepted, held by operator:admin"
+    )
+    assert daemon.alarmctl("note", "1", "Ringte brukeren; alt i orden.").returncode == 0
+    closed = daemon.alarmctl("close", "1", "resolved_by_phone", "--note", "Avklart")
+    assert closed.returncode == 0, closed.stderr
+    shown = daemon.alarmctl("case", "1")
+    assert "closed" in shown.stdout and "Ringte brukeren" in shown.stdout
+    again = daemon.alarmctl("accept", "1")
+    assert again.returncode == 1 and "case closed" in again.stderr
