@@ -10,6 +10,7 @@ so that a script and a person both understand them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,17 +64,63 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
 
+class FailedLogins:
+    """Repeated bad tokens from one address are refused for a while (429) before any lookup,
+    so a token cannot be guessed at the speed of the API. Bounded: at most ``max_peers``
+    addresses are remembered, the oldest forgotten first."""
+
+    def __init__(self, limit: int = 20, window_s: float = 60.0, max_peers: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_peers = max_peers
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, peer: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(peer, ()) if now - t < self.window_s]
+        if times:
+            self._failures[peer] = times
+        else:
+            self._failures.pop(peer, None)
+        return times
+
+    def blocked(self, peer: str, now: float) -> bool:
+        return len(self._recent(peer, now)) >= self.limit
+
+    def failed(self, peer: str, now: float) -> None:
+        times = self._recent(peer, now)
+        times.append(now)
+        self._failures[peer] = times
+        if len(self._failures) > self.max_peers:
+            del self._failures[next(iter(self._failures))]
+
+
+FAILED_LOGINS: web.AppKey[FailedLogins] = web.AppKey("failed_logins", FailedLogins)
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate /api/ requests and turn every failure into a JSON error."""
+    """Authenticate /api/ requests and turn every failure into a JSON error.
+
+    The token itself is never logged, not even a bad one: only that it failed, and from
+    where."""
     try:
         if request.path.startswith("/api/"):
+            failures = request.app[FAILED_LOGINS]
+            peer = request.remote or "?"
+            now = time.monotonic()
+            if failures.blocked(peer, now):
+                raise ApiError(
+                    429, "too_many_attempts", "too many bad tokens from this address; wait a minute"
+                )
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
+                failures.failed(peer, now)
                 raise ApiError(401, "unauthenticated", "send 'Authorization: Bearer <token>'")
             info = await tokens.lookup(request.app[CONTEXT].store.reader, token.strip())
             if info is None:
+                failures.failed(peer, now)
+                log.warning("api_bad_token", peer=peer, path=request.path)
                 raise ApiError(401, "unauthenticated", "unknown or revoked token")
             request[TOKEN_KEY] = info
         return await handler(request)
@@ -147,6 +194,7 @@ async def get_events(request: web.Request) -> web.Response:
 def create_app(context: ApiContext) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=1024 * 1024)
     app[CONTEXT] = context
+    app[FAILED_LOGINS] = FailedLogins()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/v1/events", get_events)
