@@ -23,6 +23,7 @@ import resource
 import signal
 import socket
 import sqlite3
+import ssl
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import structlog
 
 from alarmd import __version__, metrics
-from alarmd.api.server import ApiContext, ApiServer
+from alarmd.api.server import ApiContext, ApiServer, server_tls
 from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
 from alarmd.config import AlarmdConfig, ConfigError, default_config_path, load_config
@@ -97,6 +98,19 @@ class Daemon:
     def _load_routing(self, config: AlarmdConfig) -> RoutingConfig:
         """The routing files were checked by ``load_config``; this builds them."""
         return load_routing(config, self.config_path)
+
+    def _api_tls(self, config: AlarmdConfig) -> ssl.SSLContext | None:
+        api = config.api
+        if api.tls_cert is None or api.tls_key is None:
+            return None
+        base = self.config_path.parent if self.config_path is not None else Path.cwd()
+        cert, key = base / api.tls_cert, base / api.tls_key
+        try:
+            return server_tls(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"cannot load the API's TLS certificate {cert} / key {key}: {exc}"
+            ) from exc
 
     def _route(self, facts: RouteFacts, now: datetime) -> Decision:
         return rules.decide(self.routing, facts, now)
@@ -193,6 +207,7 @@ class Daemon:
             ),
             config.api.host,
             config.api.port,
+            ssl_context=self._api_tls(config),
         )
         try:
             await self.api.start()
@@ -416,7 +431,8 @@ class Daemon:
         assert self.api is not None
         info = {
             "pid": os.getpid(),
-            "api": f"http://{_url_host(self.config.api.host)}:{self.api.port}",
+            "api": f"{'https' if self.config.api.tls_cert else 'http'}://"
+            f"{_url_host(self.config.api.host)}:{self.api.port}",
             "api_port": self.api.port,
             "dc09_port": self.dc09.port if self.dc09 else None,
         }

@@ -316,6 +316,16 @@ class _Listening(_Section):
 
 class ApiConfig(_Listening):
     listen: ListenAddress = Listen("127.0.0.1", 8780)
+    # HTTPS: both files, PEM; relative paths are relative to the main file's directory.
+    # Without them the API speaks plain HTTP, which is meant for 127.0.0.1 only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_both_or_neither(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise _invalid("give both tls_cert and tls_key, or neither")
+        return self
 
 
 class StoreConfig(_Section):

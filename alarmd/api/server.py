@@ -10,10 +10,12 @@ so that a script and a person both understand them.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -235,18 +237,35 @@ async def advance_clock(request: web.Request) -> web.Response:
 class ApiServer:
     """Runs the aiohttp application on one host:port inside alarmd's event loop."""
 
-    def __init__(self, context: ApiContext, host: str, port: int) -> None:
+    def __init__(
+        self,
+        context: ApiContext,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._runner = web.AppRunner(create_app(context), access_log=None, handle_signals=False)
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         self.port = port
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, self._host, self._port, reuse_address=True, ssl_context=self._ssl
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])  # the bound port, when 0 was asked
-        log.info("api_listening", host=self._host, port=self.port)
+        log.info("api_listening", host=self._host, port=self.port, tls=self._ssl is not None)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context for the API: TLS 1.2 at least, the certificate chain and its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context

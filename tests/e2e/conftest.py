@@ -42,6 +42,7 @@ class DaemonProcess:
         dc09_port: int | None = None,
         accounts: Path = EXAMPLE_ACCOUNTS,
         routing: str = "",
+        api_tls: tuple[Path, Path] | None = None,
     ) -> None:
         """``routing``: the YAML of a ``routing:`` section (centre and tenants files)."""
         workdir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,8 @@ class DaemonProcess:
         self.config.write_text(
             "log:\n  level: info\n"
             "api:\n  listen: 127.0.0.1:0\n"
-            f"dc09:\n  listen: 127.0.0.1:{self.dc09_port}\n"
+            + (f"  tls_cert: {api_tls[0]}\n  tls_key: {api_tls[1]}\n" if api_tls else "")
+            + f"dc09:\n  listen: 127.0.0.1:{self.dc09_port}\n"
             f"accounts_file: {accounts}\n" + routing
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -112,14 +114,16 @@ class DaemonProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
-    def alarmctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def alarmctl(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "alarmctl"), "--data-dir", str(self.data_dir), *args],
             capture_output=True,
             text=True,
             timeout=60,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
 
