@@ -37,6 +37,7 @@ QoS 1 publish and its PUBACK are small segments: without it Nagle holds each for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import ssl
@@ -316,37 +317,43 @@ class MqttIngest:
             self.connected.set()
             self._gauge.set(1)
             log.info("mqtt_ingest_subscribed", filters=settings.filters())
-            messages = client.messages
+            consumer = asyncio.ensure_future(self._consume(client, pending, lost))
             try:
-                while True:
-                    if len(pending) >= settings.max_in_flight:
-                        head: set[asyncio.Future[Any]] = {pending[0].done, lost}
-                        await asyncio.wait(head, return_when="FIRST_COMPLETED")
-                    if lost.done():
-                        lost.result()
-                    next_message = asyncio.ensure_future(messages.__anext__())
-                    waiters: set[asyncio.Future[Any]] = {next_message, lost}
-                    try:
-                        await asyncio.wait(waiters, return_when="FIRST_COMPLETED")
-                    finally:
-                        if not next_message.done():
-                            next_message.cancel()
-                    if lost.done():
-                        lost.result()
-                    message = next_message.result()
-                    item = _Pending(message, self._handle(client, message), time.perf_counter())
-                    pending.append(item)
-                    item.done.add_done_callback(partial(self._flush, client, pending, lost))
+                # ends when the connection drops (consumer raises) or an ack must not be sent
+                waiters: set[asyncio.Future[Any]] = {consumer, lost}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():
+                    lost.result()
+                consumer.result()
             finally:
                 # nothing further is acknowledged on this connection: what was not yet
                 # acknowledged comes again on the next session and is de-duplicated
                 if not lost.done():
                     lost.set_exception(_ConnectionLost("session ended"))
                 lost.exception()  # retrieved: no "never retrieved" warning
+                if not consumer.done():
+                    consumer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await consumer
                 for item in pending:
                     if isinstance(item.done, asyncio.Task):  # a dead-letter publish, not a commit
                         item.done.cancel()
                 pending.clear()
+
+    async def _consume(
+        self, client: aiomqtt.Client, pending: deque[_Pending], lost: asyncio.Future[None]
+    ) -> None:
+        """Hand every message to intake (or the dead-letter topic) as it comes; ``_flush``
+        acknowledges. Waits while ``max_in_flight`` messages are unacknowledged."""
+        limit = self.settings.max_in_flight
+        flush = partial(self._flush, client, pending, lost)
+        async for message in client.messages:
+            item = _Pending(message, self._handle(client, message), time.perf_counter())
+            pending.append(item)
+            item.done.add_done_callback(flush)
+            while len(pending) >= limit and not lost.done():
+                head: set[asyncio.Future[Any]] = {pending[0].done, lost}
+                await asyncio.wait(head, return_when=asyncio.FIRST_COMPLETED)
 
     def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> asyncio.Future[Any]:
         topic = message.topic.value
