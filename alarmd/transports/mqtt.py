@@ -400,13 +400,16 @@ class MqttIngest:
             fut = item.done
             if fut.cancelled() or fut.exception() is not None:
                 exc = None if fut.cancelled() else fut.exception()
-                _UNACKED.inc()
+                stage = "dead_letter" if isinstance(fut, asyncio.Task) else "commit"
+                if stage == "commit":
+                    _UNACKED.inc()
                 log.error(
                     "mqtt_message_not_acknowledged",
                     topic=item.message.topic.value,
+                    failed=stage,
                     error=repr(exc),
                 )
-                lost.set_exception(_ConnectionLost(f"not committed: {exc!r}"))
+                lost.set_exception(_ConnectionLost(f"{stage} failed: {exc!r}"))
                 return
             result = fut.result()
             if result is None:  # the dead-letter publish returned
