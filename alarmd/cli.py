@@ -139,6 +139,10 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     note = sub.add_parser("note", help="add a note to a case")
     note.add_argument("id", type=int)
     note.add_argument("text")
+    dispatch = sub.add_parser("dispatch", help="send home care, next of kin or an ambulance")
+    dispatch.add_argument("id", type=int)
+    dispatch.add_argument("to", choices=["home_care", "next_of_kin", "ambulance"])
+    dispatch.add_argument("--note", default="")
     close = sub.add_parser("close", help="close a case with an outcome")
     close.add_argument("id", type=int)
     close.add_argument(
@@ -197,7 +201,7 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _cases(args)
     if args.command == "case":
         return _case(args)
-    if args.command in ("accept", "decline", "onsite", "note", "close"):
+    if args.command in ("accept", "decline", "onsite", "note", "close", "dispatch"):
         return _act(args)
     if args.command == "routes":
         return _routes(args)
@@ -377,6 +381,8 @@ def _act(args: argparse.Namespace) -> int:
         body = {"text": args.text}
     elif args.command == "close":
         body = {"outcome": args.outcome, "note": args.note}
+    elif args.command == "dispatch":
+        body = {"to": args.to, "note": args.note}
     status, answer = _request(
         args,
         "POST",

@@ -20,7 +20,7 @@ from aiohttp import web
 from alarmd.api.server import CONTEXT, TOKEN_KEY, ApiError
 from alarmd.clock import SystemClock
 from alarmd.model import Outcome
-from alarmd.routing.engine import CaseResult, Engine
+from alarmd.routing.engine import DISPATCH_TARGETS, CaseResult, Engine
 from alarmd.store import audit
 from alarmd.store import cases as case_store
 from alarmd.store.tokens import TokenInfo
@@ -173,6 +173,12 @@ async def act(request: web.Request) -> web.Response:
         return _answer(await engine.on_site(case_id, who))
     if action == "note":
         return _answer(await engine.note(case_id, who, _text(data, "text", required=True)))
+    if action == "dispatch":
+        to = data.get("to")
+        if to not in DISPATCH_TARGETS:
+            raise ApiError(400, "bad_request", f"to: one of {', '.join(DISPATCH_TARGETS)}")
+        note = _text(data, "note", required=False)
+        return _answer(await engine.dispatch(case_id, who, str(to), note))
     if action == "close":
         outcome = data.get("outcome")
         known = [o.value for o in Outcome]
@@ -186,4 +192,6 @@ async def act(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/cases", list_cases)
     app.router.add_get(r"/api/v1/cases/{case_id}", get_case)
-    app.router.add_post(r"/api/v1/cases/{case_id}/{action:accept|decline|on_site|close|note}", act)
+    app.router.add_post(
+        r"/api/v1/cases/{case_id}/{action:accept|decline|on_site|close|note|dispatch}", act
+    )

@@ -114,10 +114,11 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/v1/cases/{case_id}/{action}": {
         "post": _op(
-            "accept | decline | on_site | note {text} | close {outcome, note}",
+            "accept | decline | on_site | note {text} | dispatch {to, note}"
+            " | close {outcome, note}",
             params=[
                 _path("case_id", "case number"),
-                _path("action", "accept, decline, on_site, note or close"),
+                _path("action", "accept, decline, on_site, note, dispatch or close"),
             ],
             body=True,
         ),

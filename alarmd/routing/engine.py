@@ -74,6 +74,7 @@ from alarmd.routing.escalation import (
     OnSite,
     Open,
     Phase,
+    Recipient,
     Rejected,
     Tick,
     new_case,
@@ -91,6 +92,8 @@ SYSTEM = "alarmd"
 _MAX_TICKS = 64  # escalation needs at most len(steps) + 2 per catch-up; a guard, not a limit
 _RETRY_AFTER_FAILED_COMMIT = timedelta(seconds=1)
 _CHUNK = 500
+
+DISPATCH_TARGETS = ("home_care", "next_of_kin", "ambulance")
 
 # Events that open or join a case; informational ones only touch open cases.
 _INFO_TOUCHING = {EventKind.CARER_PRESENT, EventKind.CANCEL, EventKind.CHECK_OUT}
@@ -587,6 +590,84 @@ class Engine:
         """Close with an ``Outcome``; raises ``ValueError`` for an unknown outcome."""
         Outcome(outcome)
         return await self._act(case_id, who, lambda now: Close(who, outcome, now), note=note)
+
+    async def dispatch(self, case_id: int, who: str, to: str, note: str = "") -> CaseResult:
+        """An operator sends someone: ``home_care`` (the plan's team, everyone on duty) or
+        ``next_of_kin`` (the plan's contacts) are notified on every channel this daemon runs
+        that they have an address for; ``ambulance`` is only recorded (the operator calls
+        113). The case stays with whoever holds it; the log says who was sent."""
+        if to not in DISPATCH_TARGETS:
+            raise ValueError(f"dispatch to one of {', '.join(DISPATCH_TARGETS)}, not {to!r}")
+
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome(case_id=case_id)
+            case = case_store.load_case(conn, case_id)
+            if case is None:
+                out.rejected = "no such case"
+                return out
+            if not case.is_open:
+                out.rejected = "case closed"
+                return out
+            now = self._clock.now()
+            count = conn.execute(
+                "SELECT count(*) FROM case_log WHERE case_id = ? AND type = 'dispatched'",
+                (case_id,),
+            ).fetchone()[0]
+            reached: list[str] = []
+            if to != "ambulance":
+                recipient = (
+                    Recipient("team", "plan")
+                    if to == "home_care"
+                    else Recipient("next_of_kin", "all")
+                )
+                people, problem = resolve_recipient(conn, case.tenant, recipient, case.plan)
+                if problem:
+                    out.rejected = problem
+                    return out
+                user = user_facts(conn, case.user_id) if case.user_id is not None else None
+                for person in people:
+                    for channel, address in person.channels.items():
+                        if self._channels is not None and channel not in self._channels:
+                            continue
+                        payload = _payload(case, user, 0, None, channel)
+                        payload["dispatched_by"] = who
+                        out.outbox_rows += conn.execute(
+                            "INSERT OR IGNORE INTO outbox (case_id, channel, person, address,"
+                            " payload, dedup_key, next_attempt_at, created_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                case_id,
+                                channel,
+                                person.id,
+                                address,
+                                json.dumps(payload, ensure_ascii=False),
+                                f"case:{case_id}:dispatch:{count + 1}:{person.id}:{channel}",
+                                iso(now),
+                                iso(now),
+                            ),
+                        ).rowcount
+                        reached.append(f"{person.name} ({channel})")
+                if not reached:
+                    out.rejected = f"nobody to reach for {to} on the channels this daemon runs"
+                    return out
+            message = f"dispatched {to}" + (f": {', '.join(reached)}" if reached else "")
+            case_store.append_log(
+                conn,
+                case_id,
+                now,
+                who,
+                "dispatched",
+                message + (f". {note}" if note else ""),
+                {"to": to, "reached": reached},
+            )
+            conn.execute(
+                "UPDATE cases SET updated_at = ?, version = version + 1 WHERE id = ?",
+                (iso(now), case_id),
+            )
+            out.changed.append(case_id)
+            return out
+
+        return await self._finish(job)
 
     async def note(self, case_id: int, who: str, text: str) -> CaseResult:
         def job(conn: sqlite3.Connection) -> _JobOutcome:

@@ -124,3 +124,19 @@ async def test_other_tenants_case_is_not_found(env: Env) -> None:
     assert status == 404
     status, _ = await env.call("GET", "/api/v1/cases/999", "anne")
     assert status == 404
+
+
+async def test_dispatch_home_care_notifies_the_team_and_is_logged(env: Env) -> None:
+    await env.call("POST", "/api/v1/cases/1/accept", "anne")
+    status, body = await env.call(
+        "POST", "/api/v1/cases/1/dispatch", "anne", {"to": "home_care", "note": "Har falt."}
+    )
+    assert status == 200 and body["accepted_by"] == "operator:anne"
+    rows = env.world.q("SELECT person, address FROM outbox WHERE dedup_key LIKE '%dispatch%'")
+    assert rows == [("staff:1", "+4700000101"), ("staff:2", "+4700000102")]
+    _, case = await env.call("GET", "/api/v1/cases/1", "anne")
+    assert case["log"][-1]["message"].startswith("dispatched home_care: Kari (sms), Ola (sms)")
+    status, body = await env.call("POST", "/api/v1/cases/1/dispatch", "anne", {"to": "mars"})
+    assert status == 400
+    status, body = await env.call("POST", "/api/v1/cases/1/dispatch", "anne", {"to": "ambulance"})
+    assert status == 200
