@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the test suite and simulators use as real peers.
-# mosquitto: the MQTT broker the MQTT tests start on an ephemeral port.
-DEB_PACKAGES=(${ALARMD_DEB_PACKAGES:-mosquitto})
+# mosquitto: the MQTT broker the MQTT tests start; sipsak: a real SIP client for the SCAIP
+# receiver tests; socat: pseudo-terminal plumbing for the modem tests.
+DEB_PACKAGES=(${ALARMD_DEB_PACKAGES:-mosquitto sipsak socat})
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
