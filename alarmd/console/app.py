@@ -375,8 +375,10 @@ class ConsoleApp(App[int]):
                         await self.reload()
                     elif event.kind == "case":
                         await self.apply(event.data)
-            except (ApiFailure, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
-                self.say(self.texts("error", reason=exc), error=True)
+            except (ApiFailure, aiohttp.ClientError, OSError, ValueError, KeyError):
+                pass  # said once below; the summary line shows it until we are back
+            if self.connected:
+                self.say(self.texts("disconnected"), error=True)
             self.connected = False
             self.render_summary()
             await asyncio.sleep(RECONNECT_S)
