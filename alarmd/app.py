@@ -36,9 +36,11 @@ from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
 from alarmd.config import AlarmdConfig, ConfigError, default_config_path, load_config
 from alarmd.intake import Intake
-from alarmd.notify.outbox import Dispatcher
+from alarmd.notify.mqtt import StaffMqtt, StaffMqttSettings
+from alarmd.notify.outbox import Channel, Dispatcher
 from alarmd.notify.webhook import WebhookChannel, WebhookEndpoint
 from alarmd.protocols.dc09 import Dc09Account
+from alarmd.protocols.mqtt_events import parse_mapping
 from alarmd.routing import rules
 from alarmd.routing.config import RoutingConfig, default_routing, load_routing
 from alarmd.routing.decision import Decision, RouteFacts
@@ -48,6 +50,7 @@ from alarmd.store.db import Store
 from alarmd.store.directory_import import import_job, parse_directory
 from alarmd.supervision_service import SupervisionService
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
+from alarmd.transports.mqtt import BrokerSettings, MqttIngest, MqttIngestSettings, TlsSettings
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +85,7 @@ class Daemon:
         self.engine: Engine | None = None
         self.supervision: SupervisionService | None = None
         self.case_hub: CaseHub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.dispatcher: Dispatcher | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
@@ -98,6 +102,54 @@ class Daemon:
     def _load_routing(self, config: AlarmdConfig) -> RoutingConfig:
         """The routing files were checked by ``load_config``; this builds them."""
         return load_routing(config, self.config_path)
+
+    def _start_mqtt(self, config: AlarmdConfig) -> dict[str, Channel]:
+        """Device events from the broker, and (unless switched off) the staff channel."""
+        assert self.intake is not None and self.engine is not None and self.store is not None
+        mqtt = config.mqtt
+        base = self.config_path.parent if self.config_path is not None else Path.cwd()
+        password = None
+        if mqtt.password_file is not None:
+            try:
+                password = (base / mqtt.password_file).read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise StartupError(f"cannot read mqtt.password_file: {exc}") from exc
+        tls = None
+        if mqtt.tls is not None:
+            tls = TlsSettings(
+                ca_file=str(base / mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+                cert_file=str(base / mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
+                key_file=str(base / mqtt.tls.key_file) if mqtt.tls.key_file else None,
+                verify_hostname=mqtt.tls.verify_hostname,
+            )
+        broker = BrokerSettings(
+            host=mqtt.broker.host,
+            port=mqtt.broker.port,
+            username=mqtt.username,
+            password=password,
+            tls=tls,
+        )
+        ingest = MqttIngest(
+            intake=self.intake,
+            clock=self.clock,
+            settings=MqttIngestSettings(
+                broker=broker,
+                client_id=mqtt.ingest_client_id,
+                mappings=tuple(parse_mapping(m) for m in mqtt.mappings),
+                dead_letter_topic=mqtt.dead_letter_topic,
+            ),
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(ingest.run(), name="mqtt-ingest"))
+        if not mqtt.staff_channel:
+            return {}
+        staff = StaffMqtt(
+            engine=self.engine,
+            store=self.store,
+            settings=StaffMqttSettings(broker=broker, client_id=mqtt.staff_client_id),
+        )
+        self._tasks.append(loop.create_task(staff.run(), name="mqtt-staff"))
+        return {"mqtt": staff}
 
     def _api_tls(self, config: AlarmdConfig) -> ssl.SSLContext | None:
         api = config.api
@@ -178,12 +230,16 @@ class Daemon:
             self.clock,
             self._route,
             fallback_centre=self.routing.centre.operators,
-            channels=frozenset(CHANNELS),
+            channels=frozenset(CHANNELS)
+            | ({"mqtt"} if config.mqtt.enabled and config.mqtt.staff_channel else set()),
         )
         self.intake.set_case_hook(self.engine.on_event)
         self.intake.add_listener(self.engine.events_committed)
         self.webhooks = WebhookChannel(self._webhook_endpoints(), self.clock)
-        self.dispatcher = Dispatcher(self.store, self.clock, {"webhook": self.webhooks})
+        channels: dict[str, Channel] = {"webhook": self.webhooks}
+        if config.mqtt.enabled:
+            channels.update(self._start_mqtt(config))
+        self.dispatcher = Dispatcher(self.store, self.clock, channels)
         self.engine.on_outbox(self.dispatcher.wake)
         self.case_hub = CaseHub()
         self.engine.on_case_change(self.case_hub.publish)
@@ -263,6 +319,12 @@ class Daemon:
         if self.dc09 is not None:
             await self.dc09.stop()
             self.dc09 = None
+        for task in self._tasks:  # the MQTT clients
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
         if self.supervision is not None:
             await self.supervision.stop()
             self.supervision = None

@@ -191,6 +191,18 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     from alarmd.sim import dc09 as sim_dc09
 
     sim_dc09.add_arguments(sim_sub.add_parser("dc09", help="a DC-09 transmitter"))
+    mqtt = sim_sub.add_parser("mqtt", help="an MQTT device event, or a staff app's answer")
+    mqtt.add_argument("--broker", default="127.0.0.1:1883", help="host:port")
+    mqtt.add_argument("--username")
+    mqtt.add_argument("--password")
+    mqtt.add_argument("--tenant", required=True)
+    mqtt.add_argument("--device", help="device id: publish a native event as this device")
+    mqtt.add_argument("--kind", default="assistance", help="fall, assistance, battery_low...")
+    mqtt.add_argument("--condition", choices=["alarm", "restore", "status"])
+    mqtt.add_argument("--staff", help="MQTT id of a staff member: publish their answer")
+    mqtt.add_argument("--case", type=int, help="with --staff: the case")
+    mqtt.add_argument("--action", choices=["accept", "decline", "on_site", "close"])
+    mqtt.add_argument("--outcome")
 
     args = parser.parse_args(argv)
     if args.command == "events":
@@ -207,12 +219,48 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _routes(args)
     if args.command == "admin":
         return _admin_token(args)
+    if args.command == "simulate" and args.protocol == "mqtt":
+        return _simulate_mqtt(args)
     if args.command == "simulate" and args.protocol == "dc09":
         if not getattr(args, "port", None):
             args.port = _run_info(args.data_dir).get("dc09_port") or 12128
         return sim_dc09.main(args)
     parser.error("unknown command")
     return 2
+
+
+def _simulate_mqtt(args: argparse.Namespace) -> int:
+    from alarmd.sim import mqtt as sim_mqtt
+    from alarmd.transports.mqtt import BrokerSettings
+
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"alarmctl: --broker host:port, not {args.broker!r}", file=sys.stderr)
+        return 2
+    broker = BrokerSettings(
+        host=host, port=int(port), username=args.username, password=args.password
+    )
+    if args.staff:
+        if args.case is None or args.action is None:
+            print("alarmctl: --staff needs --case and --action", file=sys.stderr)
+            return 2
+        coro: Coroutine[Any, Any, object] = sim_mqtt.publish_staff_action(
+            broker, args.tenant, args.staff, args.case, args.action, outcome=args.outcome
+        )
+    elif args.device:
+        coro = sim_mqtt.publish_device_event(
+            broker, args.tenant, args.device, args.kind, condition=args.condition
+        )
+    else:
+        print("alarmctl: give --device (an event) or --staff (an answer)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(coro)
+    except Exception as exc:  # one clear line for the person at the keyboard
+        print(f"alarmctl: could not publish to {args.broker}: {exc}", file=sys.stderr)
+        return 1
+    print("published (the broker acknowledged it)")
+    return 0
 
 
 def _run_info(data_dir: Path) -> dict[str, Any]:

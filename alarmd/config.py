@@ -90,6 +90,7 @@ __all__ = [
     "Dc09Config",
     "Listen",
     "LogConfig",
+    "MqttConfig",
     "RoutingFiles",
     "StoreConfig",
     "TimestampConfig",
@@ -437,6 +438,43 @@ class RoutingFiles(_Section):
     tenants: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None  # <slug>.yaml files
 
 
+class MqttTlsConfig(_Section):
+    """TLS to the broker: a CA to verify it (the system's if absent), optionally a client
+    certificate and key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: StrictBool = True
+
+
+def _mapping_ok(value: Any) -> Any:
+    from alarmd.protocols.mqtt_events import parse_mapping
+
+    if not isinstance(value, dict):
+        raise _invalid("a mapping needs keys name, topic, tenant, device_id...")
+    try:
+        parse_mapping(value)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+    return value
+
+
+class MqttConfig(_Section):
+    """MQTT (PROTOCOLS.md section 3): device events in, staff notifications out."""
+
+    enabled: StrictBool = False
+    broker: ListenAddress = Listen("127.0.0.1", 1883)
+    username: str | None = None
+    password_file: Path | None = None  # the password, on the file's first line
+    tls: MqttTlsConfig | None = None
+    ingest_client_id: str = "alarmd-ingest"  # fixed: the broker keeps its session
+    staff_client_id: str = "alarmd-staff"
+    dead_letter_topic: str = "alarmd/v1/deadletter"
+    staff_channel: StrictBool = True  # notify staff apps and take their acknowledgements
+    mappings: list[Annotated[dict[str, Any], BeforeValidator(_mapping_ok)]] = []
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -445,6 +483,7 @@ class _MainFile(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     dc09: Dc09Config = Field(default_factory=Dc09Config)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
     # absent: no tenant routes, the centre with its defaults (see RoutingFiles)
