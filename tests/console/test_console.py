@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -160,7 +161,7 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], what: str) -> 
     end = loop.time() + BUDGET_S
     while not condition():
         if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}: {rows(pilot.app)}")
         await pilot.pause(0.05)
 
 
@@ -301,3 +302,41 @@ def test_run_console_is_exported() -> None:
     from alarmd.console import run_console
 
     assert run_console.__name__ == "run_console"
+
+
+async def test_screenshot(daemon: Daemon, tmp_path: Path) -> None:
+    """The queue at 80×24 as an SVG. ``ALARMD_CONSOLE_SVG=docs/console.svg pytest -k
+    screenshot`` regenerates the picture in docs/."""
+    anne = daemon.operator_token("anne")
+    app = ConsoleApp(daemon.api, daemon.admin_token)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected and app.loaded, "the console to connect")
+        await daemon.send_alarm(zone=1, event=101)  # pendant: assistance
+        await until(pilot, lambda: len(rows(app)) == 1, "the first alarm")
+        daemon.alarmctl("close", rows(app)[0][0], "resolved_by_phone", "--note", "Trykket feil")
+        await until(pilot, lambda: len(rows(app)) == 0, "the first alarm closed")
+        await daemon.send_alarm(zone=2, event=110)  # fire
+        await until(pilot, lambda: len(rows(app)) == 1, "the fire")
+        daemon.alarmctl("close", rows(app)[0][0], "ambulance")
+        await until(pilot, lambda: len(rows(app)) == 0, "the fire closed")
+        await daemon.send_alarm(zone=3, event=100)  # zone 3: the fall detector
+        await daemon.send_alarm(zone=1, event=100)  # medical: assistance again
+        await daemon.send_alarm(zone=4, event=102)  # inactivity
+        await daemon.send_alarm(zone=1, event=301)  # mains lost: the technical tab
+        await until(
+            pilot,
+            lambda: len(rows(app)) == 3 and len(rows(app, "technical")) == 1,
+            "the queue to fill",
+        )
+        inactivity = next(r[0] for r in rows(app) if r[2] == "Inaktivitet")
+        daemon.alarmctl("--token", anne, "accept", inactivity)
+        await until(
+            pilot,
+            lambda: len(app.closed_today) == 2 and any(r[5] == "operator:anne" for r in rows(app)),
+            "anne to hold one",
+        )
+        assert [r[2] for r in rows(app)] == ["Fall", "Trygghetsalarm", "Inaktivitet"]
+        assert "50 % (1/2)" in str(app.summary_text())
+        path = Path(os.environ.get("ALARMD_CONSOLE_SVG", tmp_path / "console.svg"))
+        app.save_screenshot(path.name, str(path.parent.resolve()))
+        assert "Trygghetsalarm" in path.read_text()
