@@ -15,6 +15,7 @@ Esc goes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -175,6 +176,8 @@ class CaseScreen(Screen[None]):
         super().__init__()
         self.case_id = case_id
         self.detail: Case | None = None
+        self.user: Case | None = None  # the service user, looked up once per view
+        self.user_looked_up = False
 
     def compose(self) -> ComposeResult:
         app = self.app
@@ -201,10 +204,10 @@ class CaseScreen(Screen[None]):
                 style=PRIORITY_STYLE.get(int(detail["priority"]), "") or "bold",
             )
         )
-        self.query_one("#case-body", Static).update(render_case(detail, texts, now))
+        self.query_one("#case-body", Static).update(render_case(detail, self.user, texts, now))
 
 
-def render_case(detail: Case, texts: Texts, now: datetime) -> Text:
+def render_case(detail: Case, user: Case | None, texts: Texts, now: datetime) -> Text:
     out = Text()
     none = texts("none")
     deadline = parse_time(detail.get("next_step_at"))
@@ -215,7 +218,26 @@ def render_case(detail: Case, texts: Texts, now: datetime) -> Text:
     out.append(detail.get("accepted_by") or none, style="bold")
     if detail.get("outcome"):
         out.append(f" · {texts('outcome')} {texts.outcome(detail['outcome'])}")
-    out.append(f"\n{texts('source')}: {detail.get('protocol', '')} {detail.get('source', '')}")
+    out.append(f"\n\n{texts('who_where')}\n", style="bold underline")
+    if user is not None:
+        out.append(f"{user.get('first_name', '')} {user.get('last_name', '')}", style="bold")
+        out.append(f" · {user.get('address', '')}, {user.get('postcode', '')}")
+        if user.get("phone"):
+            out.append(f" · {texts('phone')} ")
+            out.append(str(user["phone"]), style="bold cyan")
+        if user.get("location"):
+            out.append(f" · {texts('loc_' + str(user['location']))}")
+        if user.get("group"):
+            out.append(f" · {texts('group')} {user['group']}")
+        out.append("\n")
+        for device in user.get("devices") or []:
+            here = device.get("identity") == detail.get("source")
+            out.append(
+                f"{texts('device')}: {device.get('type', '')}"
+                f" ({device.get('protocol', '')} {device.get('identity', '')})\n",
+                style="bold" if here else "dim",
+            )
+    out.append(f"{texts('source')}: {detail.get('protocol', '')} {detail.get('source', '')}")
     flags = list(detail.get("flags") or [])
     if flags:
         shown = [texts("unregistered") if f == "unregistered" else f for f in flags]
@@ -278,6 +300,7 @@ class ConsoleApp(App[int]):
         Binding("s", "on_site", show=False),
         Binding("c", "close_case", show=False),
         Binding("r", "refresh", show=False),
+        Binding("t", "switch_queue", show=False),
         Binding("q", "leave", show=False),
         Binding("escape", "go_back", show=False),
     ]
@@ -318,7 +341,7 @@ class ConsoleApp(App[int]):
         t = self.texts
         keys = [("a", "key_accept"), ("n", "key_note"), ("d", "key_dispatch")]
         keys += [("s", "key_on_site"), ("c", "key_close")]
-        keys += [("Esc", "key_back")] if in_case else [("⏎", "key_open"), ("r", "key_refresh")]
+        keys += [("Esc", "key_back")] if in_case else [("⏎", "key_open"), ("t", "key_queue")]
         keys += [("q", "key_quit")]
         return "  ".join(f"{k} {t(label)}" for k, label in keys)
 
@@ -421,6 +444,11 @@ class ConsoleApp(App[int]):
         except ApiFailure as exc:
             self.say(self.texts("error", reason=exc), error=True)
             return
+        if not screen.user_looked_up:
+            screen.user_looked_up = True
+            # a role that may read cases but not the directory still sees the case
+            with contextlib.suppress(ApiFailure):
+                screen.user = await self.client.user_for_case(detail)
         if self.screen is screen and isinstance(screen, CaseScreen):
             screen.show(detail, self.texts, self.clock())
 
@@ -445,6 +473,8 @@ class ConsoleApp(App[int]):
                 table.add_row(*self.row_cells(case), key=str(case["id"]))
             if selected is not None and str(selected) in table.rows:
                 table.move_cursor(row=table.get_row_index(str(selected)))
+            tabs = self.query_one("#tabs", TabbedContent)
+            tabs.get_tab(f"tab-{queue}").label = f"{self.texts(f'tab_{queue}')} ({len(rows)})"
         self.render_summary()
 
     def row_cells(self, case: Case) -> list[Text]:
@@ -556,6 +586,15 @@ class ConsoleApp(App[int]):
         if event.row_key.value is not None:
             self.push_screen(CaseScreen(int(event.row_key.value)))
             self.run_worker(self.refresh_case_view(), group="view")
+
+    def action_switch_queue(self) -> None:
+        """The alarm queue and the technical queue, by keyboard."""
+        if isinstance(self.screen, CaseScreen | ModalScreen):
+            return
+        tabs = self.query_one("#tabs", TabbedContent)
+        queue = "alarm" if tabs.active == "tab-technical" else "technical"
+        tabs.active = f"tab-{queue}"
+        self.query_one(f"#{queue}", DataTable).focus()
 
     def action_go_back(self) -> None:
         if isinstance(self.screen, CaseScreen):

@@ -75,6 +75,26 @@ class ApiClient:
         """One case with its plan (personal data: the daemon audits this read) and log."""
         return dict(await self._get(f"/api/v1/cases/{case_id}"))
 
+    async def user_for_case(self, case: Case) -> Case | None:
+        """The service user whose device opened the case: who and where. The case names the
+        device (protocol and identity), the directory search finds its owner; reading the
+        user is audited with the case as the reason."""
+        tenant, source = case.get("tenant"), case.get("source")
+        if case.get("user_id") is None or not tenant or not source:
+            return None
+        found = await self._get("/api/v1/users", tenant=str(tenant), q=str(source), limit="5")
+        for candidate in found.get("users", []):
+            user = await self._get(
+                f"/api/v1/users/{candidate['tenant']}/{candidate['ref']}", why=f"case:{case['id']}"
+            )
+            devices = user.get("devices") or []
+            if any(
+                d.get("protocol") == case.get("protocol") and d.get("identity") == source
+                for d in devices
+            ):
+                return dict(user)
+        return None
+
     async def act(self, case_id: int, action: str, body: Case | None = None) -> ActionResult:
         """accept, decline, on_site, note ({"text"}), dispatch ({"to"}), close ({"outcome"})."""
         try:

@@ -24,7 +24,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from alarmd.console.app import CaseScreen, ConsoleApp, PickScreen
+from alarmd.console.app import CaseScreen, ConsoleApp, PickScreen, render_case
 from alarmd.console.texts import Texts, missing_translations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,6 +217,10 @@ async def test_alarm_appears_then_accept_note_dispatch_close(daemon: Daemon) -> 
         await pilot.press("escape")
         assert not isinstance(app.screen, CaseScreen)
 
+        await pilot.press("s")
+        await until(pilot, lambda: only_case(app)["state"] == "on_site", "on site")
+        assert rows(app)[0][3] == "På stedet"
+
         await pilot.press("c")
         assert isinstance(app.screen, PickScreen)
         await pilot.press("1", *"Falt, ok", "enter")
@@ -249,6 +253,42 @@ async def test_two_consoles_accept_the_same_case_one_wins(daemon: Daemon) -> Non
         assert rows(anne)[0][5] == "operator:anne"
 
 
+async def test_case_view_shows_who_where_plan_contacts_and_key_box(daemon: Daemon) -> None:
+    daemon.alarmctl("import", str(ROOT / "config" / "directory.example.yaml"))
+    app = ConsoleApp(daemon.api, daemon.operator_token("anne"))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected and app.loaded, "the console to connect")
+        await daemon.send_alarm()  # account 1234 is Astrid Testesen's safety alarm
+        await until(pilot, lambda: len(rows(app)) == 1, "the alarm")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, CaseScreen), "the case view")
+        view = app.screen
+        assert isinstance(view, CaseScreen)
+        await until(pilot, lambda: view.detail is not None and view.user_looked_up, "details")
+        assert view.detail is not None
+        text = render_case(view.detail, view.user, app.texts, app.clock()).plain
+        for expected in (
+            "Astrid Testesen · Eksempelveien 1, 0001 · tlf +4700000001 · hjemme",
+            "Enhet: safety_alarm (dc09 1234)",
+            "Instrukser: Ring først.",
+            "Nøkkelboks: Nøkkelboks ved inngangsdøren",
+            "Hjemmetjeneste: hjemmetjeneste-sentrum",
+            "1. Per Testesen (son)  +4700000030  har nøkkel",
+            "2. Nina Naboesen (neighbour)  +4700000031",
+            "fall alarm (CID:1100, zone 3)",
+        ):
+            assert expected in text, text
+        # keys work in the case view too, and the view follows the case
+        await pilot.press("a")
+        await until(
+            pilot,
+            lambda: view.detail is not None and view.detail["accepted_by"] == "operator:anne",
+            "the view to show the holder",
+        )
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CaseScreen)
+
+
 async def test_technical_cases_apart_and_silent(daemon: Daemon) -> None:
     app = ConsoleApp(daemon.api, daemon.admin_token, lang="en")
     async with app.run_test(size=SIZE) as pilot:
@@ -259,6 +299,11 @@ async def test_technical_cases_apart_and_silent(daemon: Daemon) -> None:
         assert rows(app, "technical")[0][2:4] == ["Power cut", "At centre"]
         assert app.bells == 0
         assert str(app.summary_text()).startswith("Open 0+1")
+        await pilot.press("t")  # to the technical queue; the keys act on its cases
+        assert app.current_case() == int(rows(app, "technical")[0][0])
+        await pilot.press("a")
+        await until(pilot, lambda: app.last_message.startswith("Case"), "accept")
+        assert rows(app, "technical")[0][5] == "operator:admin"
 
 
 async def test_refusal_without_a_holder_is_shown(daemon: Daemon) -> None:
