@@ -320,6 +320,7 @@ class ConsoleApp(App[int]):
         self.open_cases: dict[int, Case] = {}
         self.closed_today: dict[int, Case] = {}
         self.seen: set[int] = set()
+        self.versions: dict[int, int] = {}  # the newest version seen of every case
         self.loaded = False
         self.connected = False
         self.bells = 0
@@ -376,6 +377,12 @@ class ConsoleApp(App[int]):
             return
         self.open_cases = {int(c["id"]): c for c in open_cases}
         self.closed_today = {int(c["id"]): c for c in every if self._closed_today(c)}
+        for case in [*open_cases, *every]:
+            self.versions[int(case["id"])] = int(case.get("version", 0))
+        # alarms that came while we were away from the stream ring too (once)
+        missed = [c for c in open_cases if c["queue"] == "alarm" and c["id"] not in self.seen]
+        if self.loaded and missed:
+            self.bell()
         self.seen.update(self.open_cases)
         self.loaded = True
         self.render_queues()
@@ -409,9 +416,10 @@ class ConsoleApp(App[int]):
     async def apply(self, case: Case) -> None:
         """One case changed (from the stream or from our own action's answer)."""
         case_id = int(case["id"])
-        known = self.open_cases.get(case_id)
-        if known is not None and int(known.get("version", 0)) > int(case.get("version", 0)):
-            return  # an older copy than the one we hold
+        version = int(case.get("version", 0))
+        if version < self.versions.get(case_id, -1):
+            return  # older than what we hold: our action's answer overtook the stream
+        self.versions[case_id] = version
         if case.get("closed_at"):
             self.open_cases.pop(case_id, None)
             if self._closed_today(case):
@@ -520,6 +528,8 @@ class ConsoleApp(App[int]):
         closed = list(self.closed_today.values())
         clarified = sum(1 for c in closed if c.get("outcome") == "resolved_by_phone")
         out = Text()
+        if not self.connected:
+            out.append(f"{t('disconnected')} · ", style="bold white on red")
         out.append(f"{t('open_cases')} ")
         out.append(f"{len(alarms)}", style="bold")
         out.append(f"+{technical} · {t('oldest_unaccepted')} ")
@@ -533,8 +543,6 @@ class ConsoleApp(App[int]):
             out.append(f"{round(100 * clarified / len(closed))} % ({clarified}/{len(closed)})")
         else:
             out.append(t("none"))
-        if not self.connected:
-            out.append(f" · {t('disconnected')}", style="bold red")
         return out
 
     def render_summary(self) -> None:
