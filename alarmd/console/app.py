@@ -466,10 +466,15 @@ class ConsoleApp(App[int]):
 
     # --- rendering ----------------------------------------------------------------------
 
+    @property
+    def main(self) -> Screen[Any]:
+        """The queue screen, also while a case or a picker is shown above it."""
+        return self.screen_stack[0]
+
     def render_queues(self) -> None:
         for queue in QUEUES:
             try:
-                table = self.query_one(f"#{queue}", DataTable)
+                table = self.main.query_one(f"#{queue}", DataTable)
             except NoMatches:  # the main screen is not mounted yet
                 return
             selected = self.selected_in(table)
@@ -481,7 +486,7 @@ class ConsoleApp(App[int]):
                 table.add_row(*self.row_cells(case), key=str(case["id"]))
             if selected is not None and str(selected) in table.rows:
                 table.move_cursor(row=table.get_row_index(str(selected)))
-            tabs = self.query_one("#tabs", TabbedContent)
+            tabs = self.main.query_one("#tabs", TabbedContent)
             tabs.get_tab(f"tab-{queue}").label = f"{self.texts(f'tab_{queue}')} ({len(rows)})"
         self.render_summary()
 
@@ -509,7 +514,7 @@ class ConsoleApp(App[int]):
     def tick(self) -> None:
         for queue in QUEUES:
             try:
-                table = self.query_one(f"#{queue}", DataTable)
+                table = self.main.query_one(f"#{queue}", DataTable)
             except NoMatches:  # the main screen is not mounted yet
                 return
             for key in list(table.rows):
@@ -517,6 +522,9 @@ class ConsoleApp(App[int]):
                 if case is not None:
                     table.update_cell(key, "left", self.time_left(case))
         self.render_summary()
+        screen = self.screen
+        if isinstance(screen, CaseScreen) and screen.detail is not None:
+            screen.show(screen.detail, self.texts, self.clock())  # the deadline counts down
 
     def summary_text(self) -> Text:
         t = self.texts
@@ -546,7 +554,7 @@ class ConsoleApp(App[int]):
         return out
 
     def render_summary(self) -> None:
-        for widget in self.query("#summary"):
+        for widget in self.main.query("#summary"):
             if isinstance(widget, Static):
                 widget.update(self.summary_text())
 
@@ -576,9 +584,9 @@ class ConsoleApp(App[int]):
             return screen.case_id
         if isinstance(screen, ModalScreen):
             return None
-        active = self.query_one("#tabs", TabbedContent).active
+        active = self.main.query_one("#tabs", TabbedContent).active
         queue = "technical" if active == "tab-technical" else "alarm"
-        return self.selected_in(self.query_one(f"#{queue}", DataTable))
+        return self.selected_in(self.main.query_one(f"#{queue}", DataTable))
 
     def _target(self) -> int | None:
         if isinstance(self.screen, ModalScreen):

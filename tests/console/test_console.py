@@ -287,6 +287,7 @@ async def test_case_view_shows_who_where_plan_contacts_and_key_box(daemon: Daemo
         )
         await pilot.press("escape")
         assert not isinstance(app.screen, CaseScreen)
+        assert rows(app)[0][5] == "operator:anne"  # the queue followed while hidden
 
 
 async def test_technical_cases_apart_and_silent(daemon: Daemon) -> None:
