@@ -121,6 +121,9 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     events.add_argument("--limit", type=int, default=50)
     events.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    console = sub.add_parser("console", help="the operator console (terminal UI)")
+    console.add_argument("--lang", choices=["nb", "en"], default="nb")
+
     imp = sub.add_parser("import", help="load service users, devices, staff, teams (YAML/CSV)")
     imp.add_argument("file", type=Path)
 
@@ -209,6 +212,11 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _events(args)
     if args.command == "import":
         return _import(args)
+    if args.command == "console":
+        from alarmd.console.app import run_console
+
+        api, token = _api_and_token(args)
+        return run_console(api, token, args.lang)
     if args.command == "cases":
         return _cases(args)
     if args.command == "case":
