@@ -215,8 +215,8 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     if args.command == "console":
         from alarmd.console.app import run_console
 
-        api, token = _api_and_token(args)
-        return run_console(api, token, args.lang)
+        api, bearer = _api_and_token(args)
+        return run_console(api, bearer, args.lang)
     if args.command == "cases":
         return _cases(args)
     if args.command == "case":
