@@ -23,6 +23,7 @@ sent (``sent``, decoded ``Submit`` values), what it deleted and every command li
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -383,3 +384,31 @@ class ModemSimulator:
 def _number(text: str) -> int | None:
     text = text.strip()
     return int(text) if text.isdigit() else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments for ``alarmctl simulate modem`` (wired by cli.py)."""
+    parser.add_argument("--pin", help="the SIM wants this PIN")
+    parser.add_argument(
+        "--sms",
+        action="append",
+        default=[],
+        metavar="NUMBER:TEXT",
+        help="an SMS stored on the SIM before alarmd opens the port (repeatable)",
+    )
+    parser.add_argument("--creg", type=int, default=1, help="+CREG stat (1 home, 5 roaming)")
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> ModemSimulator:
+    """Run a simulator until ``stop`` is set; prints the port path to open."""
+    modem = ModemSimulator(pin=args.pin, creg_stat=args.creg)
+    await modem.start()
+    for spec in args.sms:
+        number, _, text = spec.partition(":")
+        modem.inject_sms(number, text, announce=False)
+    print(f"modem simulator on {modem.path}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await modem.stop()
+    return modem

@@ -195,3 +195,28 @@ async def test_unplug_and_plug_keeps_path_and_storage(sim: ModemSimulator) -> No
 
 async def test_unknown_command(client: Client) -> None:
     assert not (await client.command("AT+FOO")).ok
+
+
+async def test_serve_for_alarmctl(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from alarmd.sim.modem import add_arguments, serve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--sms", "+4700000011:ALARM"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(args, stop))
+    async with asyncio.timeout(5):
+        while "modem simulator on" not in (out := capsys.readouterr().out):
+            await asyncio.sleep(0.01)
+    path = out.split(" on ", 1)[1].strip()
+    c = Client(path)
+    try:
+        listed = at.parse_cmgl((await c.command("AT+CMGL=4")).lines)
+        assert sms.decode_deliver(listed[0][2]).text == "ALARM"
+    finally:
+        c.close()
+    stop.set()
+    modem = await task
+    assert not modem.plugged
