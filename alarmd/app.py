@@ -36,11 +36,14 @@ from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
 from alarmd.config import AlarmdConfig, ConfigError, default_config_path, load_config
 from alarmd.intake import Intake
+from alarmd.model import Condition
 from alarmd.notify.mqtt import StaffMqtt, StaffMqttSettings
 from alarmd.notify.outbox import Channel, Dispatcher
+from alarmd.notify.sms import SmsChannel, SmsReplies
 from alarmd.notify.webhook import WebhookChannel, WebhookEndpoint
 from alarmd.protocols.dc09 import Dc09Account
 from alarmd.protocols.mqtt_events import parse_mapping
+from alarmd.protocols.sms_alarms import SenderConfig, SmsAlarmTable, TextPattern
 from alarmd.routing import rules
 from alarmd.routing.config import RoutingConfig, default_routing, load_routing
 from alarmd.routing.decision import Decision, RouteFacts
@@ -50,6 +53,7 @@ from alarmd.store.db import Store
 from alarmd.store.directory_import import import_job, parse_directory
 from alarmd.supervision_service import SupervisionService
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
+from alarmd.transports.modem import ModemTransport
 from alarmd.transports.mqtt import BrokerSettings, MqttIngest, MqttIngestSettings, TlsSettings
 
 log = structlog.get_logger(__name__)
@@ -86,6 +90,7 @@ class Daemon:
         self.supervision: SupervisionService | None = None
         self.case_hub: CaseHub | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.modem: ModemTransport | None = None
         self.dispatcher: Dispatcher | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
@@ -150,6 +155,44 @@ class Daemon:
         )
         self._tasks.append(loop.create_task(staff.run(), name="mqtt-staff"))
         return {"mqtt": staff}
+
+    def _modem(self, config: AlarmdConfig) -> ModemTransport:
+        """The GSM modem: SMS and ring alarms in, SMS notifications and replies."""
+        assert self.intake is not None
+        modem = config.modem
+        pin = None
+        if modem.pin_file is not None:
+            base = self.config_path.parent if self.config_path is not None else Path.cwd()
+            try:
+                pin = (base / modem.pin_file).read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise StartupError(f"cannot read modem.pin_file: {exc}") from exc
+        return ModemTransport(
+            modem.port,
+            self.intake,
+            self.clock,
+            self._sms_table(config),
+            name=modem.name,
+            baudrate=modem.baudrate,
+            pin=pin,
+        )
+
+    @staticmethod
+    def _sms_table(config: AlarmdConfig) -> SmsAlarmTable:
+        return SmsAlarmTable.of(
+            (
+                number,
+                SenderConfig(
+                    patterns=tuple(
+                        TextPattern(p.match, p.kind, Condition(p.condition)) for p in s.patterns
+                    ),
+                    use_defaults=s.use_default_patterns,
+                    ring_kind=s.ring,
+                    name=s.name,
+                ),
+            )
+            for number, s in config.modem.senders.items()
+        )
 
     def _api_tls(self, config: AlarmdConfig) -> ssl.SSLContext | None:
         api = config.api
@@ -231,7 +274,8 @@ class Daemon:
             self._route,
             fallback_centre=self.routing.centre.operators,
             channels=frozenset(CHANNELS)
-            | ({"mqtt"} if config.mqtt.enabled and config.mqtt.staff_channel else set()),
+            | ({"mqtt"} if config.mqtt.enabled and config.mqtt.staff_channel else set())
+            | ({"sms"} if config.modem.enabled else set()),
         )
         self.intake.set_case_hook(self.engine.on_event)
         self.intake.add_listener(self.engine.events_committed)
@@ -239,7 +283,16 @@ class Daemon:
         channels: dict[str, Channel] = {"webhook": self.webhooks}
         if config.mqtt.enabled:
             channels.update(self._start_mqtt(config))
+        if config.modem.enabled:
+            self.modem = self._modem(config)
+            channels["sms"] = SmsChannel(
+                self.modem, self.clock, max_per_minute=config.modem.sms_per_minute
+            )
         self.dispatcher = Dispatcher(self.store, self.clock, channels)
+        if self.modem is not None:
+            replies = SmsReplies(self.store, self.engine, self.clock, wake=self.dispatcher.wake)
+            self.modem.set_reply_handler(replies.handle)
+            self.modem.start()
         self.engine.on_outbox(self.dispatcher.wake)
         self.case_hub = CaseHub()
         self.engine.on_case_change(self.case_hub.publish)
@@ -319,6 +372,9 @@ class Daemon:
         if self.dc09 is not None:
             await self.dc09.stop()
             self.dc09 = None
+        if self.modem is not None:
+            await self.modem.stop()
+            self.modem = None
         for task in self._tasks:  # the MQTT clients
             task.cancel()
         for task in self._tasks:
@@ -402,6 +458,8 @@ class Daemon:
             log.error("config_reload_failed_keeping_old", problems=[str(p) for p in exc.problems])
             return False
         self._apply_accounts(new)
+        if self.modem is not None:
+            self.modem.table = self._sms_table(new)
         if self.intake is not None:
             self.intake.set_tenant_lookup(self._tenant_of)
         self.routing = routing  # new cases only: running ones keep their snapshots

@@ -194,6 +194,11 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     from alarmd.sim import dc09 as sim_dc09
 
     sim_dc09.add_arguments(sim_sub.add_parser("dc09", help="a DC-09 transmitter"))
+    from alarmd.sim import modem as sim_modem
+
+    sim_modem.add_arguments(
+        sim_sub.add_parser("modem", help="a GSM modem on a pseudo-terminal (until Ctrl-C)")
+    )
     mqtt = sim_sub.add_parser("mqtt", help="an MQTT device event, or a staff app's answer")
     mqtt.add_argument("--broker", default="127.0.0.1:1883", help="host:port")
     mqtt.add_argument("--username")
@@ -227,6 +232,8 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _routes(args)
     if args.command == "admin":
         return _admin_token(args)
+    if args.command == "simulate" and args.protocol == "modem":
+        return _simulate_modem(args)
     if args.command == "simulate" and args.protocol == "mqtt":
         return _simulate_mqtt(args)
     if args.command == "simulate" and args.protocol == "dc09":
@@ -235,6 +242,24 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return sim_dc09.main(args)
     parser.error("unknown command")
     return 2
+
+
+def _simulate_modem(args: argparse.Namespace) -> int:
+    """Play a GSM modem on a pseudo-terminal until SIGTERM/SIGINT; point modem.port at the
+    path it prints."""
+    import signal
+
+    from alarmd.sim import modem as sim_modem
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await sim_modem.serve(args, stop)
+
+    asyncio.run(main())
+    return 0
 
 
 def _simulate_mqtt(args: argparse.Namespace) -> int:

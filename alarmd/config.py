@@ -90,6 +90,7 @@ __all__ = [
     "Dc09Config",
     "Listen",
     "LogConfig",
+    "ModemConfig",
     "MqttConfig",
     "RoutingFiles",
     "StoreConfig",
@@ -475,6 +476,44 @@ class MqttConfig(_Section):
     mappings: list[Annotated[dict[str, Any], BeforeValidator(_mapping_ok)]] = []
 
 
+class SmsPatternConfig(_Section):
+    """A text pattern of a GSM unit: a regular expression (case-insensitive) and its kind."""
+
+    match: str
+    kind: EventKind  # any kind: "Lavt batteri" is battery_low
+    condition: Literal["alarm", "restore", "status"] = "alarm"
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise _invalid(f"not a regular expression: {exc}") from None
+        return value
+
+
+class SmsSenderConfig(_Section):
+    """One GSM alarm unit, by its phone number."""
+
+    name: str = ""
+    ring: AlarmKind = EventKind.ASSISTANCE  # what a call from it means
+    use_default_patterns: StrictBool = True  # ALARM, FALL, Lavt batteri...
+    patterns: list[SmsPatternConfig] = []
+
+
+class ModemConfig(_Section):
+    """A serial GSM modem (PROTOCOLS.md section 4): SMS and ring alarms in, SMS out."""
+
+    enabled: StrictBool = False
+    port: str = "/dev/ttyUSB0"  # prefer /dev/serial/by-id/... (stable across reboots)
+    name: str = "modem"
+    baudrate: StrictInt = 115200
+    pin_file: Path | None = None  # the SIM PIN, on the file's first line
+    sms_per_minute: StrictInt = 30
+    senders: dict[str, SmsSenderConfig] = {}
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -484,6 +523,7 @@ class _MainFile(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     dc09: Dc09Config = Field(default_factory=Dc09Config)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    modem: ModemConfig = Field(default_factory=ModemConfig)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
     # absent: no tenant routes, the centre with its defaults (see RoutingFiles)
