@@ -118,8 +118,37 @@ async def get_case(request: web.Request) -> web.Response:
     if plan is not None and info.role not in KEY_BOX_ROLES:
         plan["key_box"] = None  # the key-box code goes only to those who may go in
     body["plan"] = plan  # the snapshot this case was routed with
+    body["user"], body["devices"] = await _user_and_devices(context.store.reader, case.user_id)
     body["log"] = log
     return web.json_response(body)
+
+
+async def _user_and_devices(
+    reader: Any, user_id: int | None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Who and where, as the directory says now (the read is audited with the case)."""
+    if user_id is None:
+        return None, []
+    async with reader.execute(
+        "SELECT tenant, ref, first_name, last_name, address, postcode, phone, location"
+        " FROM service_users WHERE id = ?",
+        (user_id,),
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        return None, []
+    keys = ("tenant", "ref", "first_name", "last_name", "address", "postcode", "phone", "location")
+    user = dict(zip(keys, row, strict=True))
+    async with reader.execute(
+        "SELECT protocol, identity, device_type, device_group FROM devices WHERE user_id = ?"
+        " ORDER BY protocol, identity",
+        (user_id,),
+    ) as cursor:
+        devices = [
+            {"protocol": d[0], "identity": d[1], "type": d[2], "group": d[3]}
+            for d in await cursor.fetchall()
+        ]
+    return user, devices
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

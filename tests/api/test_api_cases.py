@@ -68,6 +68,8 @@ async def test_queue_and_case_with_its_log(env: Env) -> None:
     status, body = await env.call("GET", "/api/v1/cases/1", "anne")
     assert status == 200
     assert body["plan"]["home_care_team"] == "sentrum"
+    assert (body["user"]["first_name"], body["user"]["address"]) == ("Astrid", "Eksempelveien 1")
+    assert body["devices"] == [{"protocol": "dc09", "identity": "1234", "type": "", "group": 1}]
     # the read is audited: who, what, why
     assert env.world.q("SELECT actor, role, action, subject, reason FROM audit") == [
         ("anne", "operator", "read_case", "case:1", "case:1")
