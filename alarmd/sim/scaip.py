@@ -119,7 +119,7 @@ class ScaipDevice:
         loop = asyncio.get_running_loop()
         if self.transport == "udp":
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _DeviceUdp(self), remote_addr=(self.host, self.port)
+                lambda: _DeviceUdp(self), local_addr=(self.local_host, 0)
             )
             self._udp = udp
             self.local_host, self.local_port = udp.get_extra_info("sockname")[:2]
@@ -162,7 +162,7 @@ class ScaipDevice:
 
     def send_raw(self, data: bytes) -> None:
         if self._udp is not None:
-            self._udp.sendto(data)
+            self._udp.sendto(data, (self.host, self.port))  # port may change: a restart
         elif self._writer is not None:
             self._writer.write(data)
 
@@ -182,9 +182,9 @@ class ScaipDevice:
             self.mrs_messages += 1
             with contextlib.suppress(scaip.ScaipError):
                 mrs = scaip.parse_mrs(message.body)
-                self._mrs_queue(mrs.ref or "").put_nowait(mrs)
+                self.mrs_queue(mrs.ref or "").put_nowait(mrs)
 
-    def _mrs_queue(self, ref: str) -> asyncio.Queue[scaip.Mrs]:
+    def mrs_queue(self, ref: str) -> asyncio.Queue[scaip.Mrs]:
         queue = self._mrs.get(ref)
         if queue is None:
             queue = self._mrs[ref] = asyncio.Queue()
@@ -200,7 +200,7 @@ class ScaipDevice:
     def aor(self) -> str:
         return f"sip:{self.cid}@{self.host}"
 
-    def _build(
+    def build(
         self,
         method: str,
         branch: str,
@@ -268,7 +268,7 @@ class ScaipDevice:
         response: SipResponse | None = None
         for _attempt in range(3):
             branch = new_branch()
-            data = self._build(
+            data = self.build(
                 method, branch, call_id, next(self._cseq), headers=list(headers), body=body
             )
             response = await self._transaction(data, branch)
@@ -298,7 +298,7 @@ class ScaipDevice:
 
     async def send_mrq(self, body: bytes, ref: str, *, want_mrs: bool = True) -> Exchange:
         """MESSAGE the ``<mrq>``; return the final response and the ``<mrs>`` for ``ref``."""
-        queue = self._mrs_queue(ref)
+        queue = self.mrs_queue(ref)
         response = await self.request(
             "MESSAGE", headers=[("Content-Type", SCAIP_CONTENT_TYPE)], body=body
         )

@@ -350,7 +350,12 @@ class SipReceiver:
 
     def refuse(self, error: SipError, sender: _Sender) -> None:
         """A message that did not parse: answer it if we can."""
-        log.info("sip_bad_message", reason=error.reason, peer=f"{sender.host}:{sender.port}")
+        log.info(
+            "sip_bad_message",
+            reason=error.reason,
+            detail=error.detail[:80],
+            peer=f"{sender.host}:{sender.port}",
+        )
         if error.request is not None and error.status is not None:
             try:
                 self._respond(error.request, sender, error.status, key=None)
