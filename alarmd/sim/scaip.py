@@ -352,3 +352,34 @@ class _DeviceUdp(asyncio.DatagramProtocol):
             return
         if not isinstance(item, KeepAlive):
             self.device.on_message(item)
+
+
+async def simulate(
+    host: str,
+    port: int,
+    *,
+    cid: str,
+    user: str,
+    password: str,
+    dty: int = 3,
+    stc: int | None = None,
+    transport: str = "udp",
+    ssl_context: ssl.SSLContext | None = None,
+    register: bool = True,
+    resend_after: float = 5.0,
+) -> list[Exchange]:
+    """What ``alarmctl simulate scaip`` does: register, send one alarm, re-send on HOLD
+    until ``snu=0``; returns every exchange (the last one has the final ``<mrs>``)."""
+    device = ScaipDevice(
+        host,
+        port,
+        cid=cid,
+        user=user,
+        password=password,
+        transport=transport,
+        ssl_context=ssl_context,
+    )
+    async with device:
+        if register:
+            await device.register()
+        return await device.alarm_until_handled(dty, stc, resend_after=resend_after)

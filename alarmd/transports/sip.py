@@ -82,6 +82,8 @@ log = structlog.get_logger(__name__)
 SCAIP_CONTENT_TYPE: Final = "application/scaip+xml"
 ALLOW: Final = "REGISTER, MESSAGE, OPTIONS"
 ACCEPTED_STATES: Final = frozenset({"accepted", "dispatched", "closed"})
+MAX_SERVER_TRANSACTIONS: Final = 100_000  # remembered for retransmissions; beyond: not cached
+_KNOWN_METHODS: Final = frozenset({"REGISTER", "MESSAGE", "OPTIONS", "ACK", "INVITE", "BYE"})
 T1: Final = 0.5
 T2: Final = 4.0
 
@@ -332,6 +334,7 @@ class SipReceiver:
             self._response_received(item)
             return
         branch = None
+        key: str | None = None
         with contextlib.suppress(SipError):
             branch = item.top_via.branch
         if branch is not None:
@@ -341,9 +344,10 @@ class SipReceiver:
                 if cached[0] is not None:
                     sender.write(cached[0])  # a retransmission: the same final response
                 return  # still in progress: the first copy will be answered
-            self._server_tx[key] = (None, self.clock.monotonic())
-        else:
-            key = None
+            if len(self._server_tx) < MAX_SERVER_TRANSACTIONS:
+                self._server_tx[key] = (None, self.clock.monotonic())
+            else:
+                key = None  # a flood of new branches: answer, but remember nothing
         task = asyncio.get_running_loop().create_task(self._handle(item, sender, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -395,7 +399,8 @@ class SipReceiver:
         sender.write(data)
         if key is not None:
             self._server_tx[key] = (data, self.clock.monotonic())
-        SIP_REQUESTS.labels(sender.transport_name, request.method[:16], str(status)).inc()
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        SIP_REQUESTS.labels(sender.transport_name, method, str(status)).inc()
 
     async def _handle(self, request: SipRequest, sender: _Sender, key: str | None) -> None:
         try:

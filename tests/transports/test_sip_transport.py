@@ -20,7 +20,7 @@ from alarmd.clock import FakeClock
 from alarmd.intake import Intake
 from alarmd.protocols import scaip
 from alarmd.protocols.sip import SipResponse, parse_datagram
-from alarmd.sim.scaip import ScaipDevice, mrq_body
+from alarmd.sim.scaip import ScaipDevice, mrq_body, simulate
 from alarmd.store.db import Store, StoreError
 from alarmd.transports.sip import (
     AckPolicy,
@@ -212,6 +212,23 @@ async def test_bad_xml_answered_with_snu(stack: Stack, body: bytes, snu: int) ->
         ok = await dev.alarm(ref="X2")
         assert ok.mrs is not None and ok.mrs.snu == 0
     assert [k for _, k in stack.stored()] == ["scaip:123456:X2"]
+
+
+async def test_too_long_mrq_gets_snu_1_and_connection_goes_on(stack: Stack) -> None:
+    body = mrq_body("L1", "123456", 3, extra="<dte>" + "x" * 9000 + "</dte>")
+    async with stack.device(transport="tcp") as dev:
+        exchange = await dev.send_mrq(body, "L1")
+        assert exchange.mrs is not None and exchange.mrs.snu == scaip.Snu.TOO_LONG
+        ok = await dev.alarm(ref="L2")
+        assert ok.mrs is not None and ok.mrs.snu == 0
+    assert [k for _, k in stack.stored()] == ["scaip:123456:L2"]
+
+
+async def test_simulate_entry_point(stack: Stack) -> None:
+    exchanges = await simulate(
+        "127.0.0.1", stack.port, cid="123456", user="123456", password="secret1", dty=5
+    )
+    assert [e.mrs.snu for e in exchanges if e.mrs] == [0]
 
 
 async def test_unknown_method_and_wrong_content_type(stack: Stack) -> None:
