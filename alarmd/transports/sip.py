@@ -123,6 +123,9 @@ class ScaipAccount:
     password: str = field(repr=False)
     ack_policy: AckPolicy = AckPolicy.ON_COMMIT
     mrs_in_200: bool = False
+    # the controller ids this user may send for; None: any (a group account). A device
+    # account that claims another unit's cid is refused with snu=3 and nothing is stored.
+    cids: frozenset[str] | None = None
 
 
 AccountLookup = Callable[[str], ScaipAccount | None]  # Digest username -> account
@@ -538,6 +541,11 @@ class SipReceiver:
             return
         mrq = result.mrq
         assert mrq is not None
+        if account.cids is not None and mrq.cid not in account.cids:
+            log.warning("scaip_cid_not_allowed", user=username, cid=mrq.cid)
+            body = scaip.encode_mrs(mrq.ref, scaip.Snu.WRONG_DATA, ste="cid_not_allowed")
+            self._answer(request, sender, key, account, body, scaip.Snu.WRONG_DATA)
+            return
         if self.heard is not None:
             self.heard(scaip.PROTOCOL, mrq.cid)
         hbi = None

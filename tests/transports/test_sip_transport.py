@@ -32,7 +32,7 @@ from alarmd.transports.sip import (
 
 NOW = datetime(2026, 11, 24, 21, 0, 0, tzinfo=UTC)
 ACCOUNTS = {
-    "123456": ScaipAccount("secret1"),
+    "123456": ScaipAccount("secret1", cids=frozenset({"123456"})),
     "group-a": ScaipAccount("groupsecret"),
     "hold": ScaipAccount("holdsecret", ack_policy=AckPolicy.HOLD_UNTIL_ACCEPTED),
     "in200": ScaipAccount("in200secret", mrs_in_200=True),
@@ -222,6 +222,13 @@ async def test_too_long_mrq_gets_snu_1_and_connection_goes_on(stack: Stack) -> N
         ok = await dev.alarm(ref="L2")
         assert ok.mrs is not None and ok.mrs.snu == 0
     assert [k for _, k in stack.stored()] == ["scaip:123456:L2"]
+
+
+async def test_device_account_cannot_claim_another_cid(stack: Stack) -> None:
+    async with stack.device() as dev:
+        exchange = await dev.send_mrq(mrq_body("C1", "999999", 3), "C1")
+    assert exchange.mrs is not None and exchange.mrs.snu == scaip.Snu.WRONG_DATA
+    assert stack.stored() == []
 
 
 async def test_simulate_entry_point(stack: Stack) -> None:
