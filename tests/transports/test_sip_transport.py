@@ -376,6 +376,52 @@ async def test_registrar_survives_restart(tmp_path: Path) -> None:
         await s2.store.close()
 
 
+async def test_mrs_goes_to_the_registered_contact_after_restart(tmp_path: Path) -> None:
+    """REGISTER from one socket, restart, MESSAGE from another: the <mrs> MESSAGE goes to
+    the binding read back from the database, not to the MESSAGE's source."""
+    clock = FakeClock(NOW)
+    s = await make_stack(tmp_path, clock)
+    dev = s.device()
+    await dev.open()
+    await dev.register()
+    await s.receiver.stop()
+    await s.store.close()
+    s2 = await make_stack(tmp_path, clock)
+    try:
+        dev.port = s2.port
+        await dev.request("OPTIONS")
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Other(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                answers.put_nowait(data)
+
+        other, _ = await loop.create_datagram_endpoint(Other, remote_addr=("127.0.0.1", s2.port))
+        queue = dev.mrs_queue("RC1")
+        # the device's credentials (a fresh challenge from the restarted receiver)
+        first = await dev.send_mrq(mrq_body("RC0", "123456", 3), "RC0")
+        assert first.mrs is not None
+        data = dev.build(
+            "MESSAGE",
+            "z9hG4bKother",
+            "other@x",
+            77,
+            headers=[("Content-Type", "application/scaip+xml")],
+            body=mrq_body("RC1", "123456", 3),
+        )
+        other.sendto(data)
+        status = parse_datagram(await asyncio.wait_for(answers.get(), 5))
+        assert isinstance(status, SipResponse) and status.status == 200
+        mrs = await asyncio.wait_for(queue.get(), 5)  # arrives on the registered socket
+        assert (mrs.ref, mrs.snu) == ("RC1", 0)
+        other.close()
+        await dev.close()
+    finally:
+        await s2.receiver.stop()
+        await s2.store.close()
+
+
 sipsak = pytest.mark.skipif(shutil.which("sipsak") is None, reason="sipsak not installed")
 
 
