@@ -29,8 +29,18 @@ Every request, whatever its transport, goes through ``SipReceiver._handle``:
   it is answered the cached final response is sent again (a small server-transaction
   table, swept with the idle connections).
 
+* Accounts come from a lookup callable (Digest username -> ``ScaipAccount``): a user per
+  device (``cids`` = its own cid: a request for another cid gets ``snu=3``) or per group of
+  devices (``cids`` None). ``hbi`` is answered to ``hbo=001`` from ``heartbeat_minutes``,
+  spread +-10 % per cid so heartbeats of devices installed together do not synchronise.
+* ``case_state(cid, ref)`` is the routing engine's view of the case the alarm opened
+  (a state name such as "open", "accepted", "closed"; None if there is none yet). It is
+  called on the event loop for every HOLD-policy alarm and re-send, so it must be a cheap
+  in-memory lookup.
+
 Bad SIP -> 400 (or 413 for size) when the head parsed far enough to answer; otherwise
-dropped (UDP) or the connection closed (stream, fatal framing error).
+dropped (UDP) or the connection closed (stream, fatal framing error). A UDP datagram over
+``max_message_bytes`` is dropped without an answer (the codec refuses it before parsing).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ The server's wall clock is a FakeClock; nothing here waits for a deadline by sle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -228,6 +229,14 @@ async def test_device_account_cannot_claim_another_cid(stack: Stack) -> None:
     async with stack.device() as dev:
         exchange = await dev.send_mrq(mrq_body("C1", "999999", 3), "C1")
     assert exchange.mrs is not None and exchange.mrs.snu == scaip.Snu.WRONG_DATA
+    assert stack.stored() == []
+
+
+async def test_overload_answers_busy_and_stores_nothing(stack: Stack) -> None:
+    stack.receiver.settings = dataclasses.replace(stack.receiver.settings, max_in_flight=0)
+    async with stack.device() as dev:
+        exchange = await dev.alarm(ref="BZ1")
+    assert exchange.mrs is not None and exchange.mrs.snu == scaip.Snu.BUSY
     assert stack.stored() == []
 
 
