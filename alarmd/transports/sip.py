@@ -623,6 +623,8 @@ class SipReceiver:
         from_value = request.headers.get("From") or ""
         device_aor = _aor(from_value)
         binding = self.bindings.get(device_aor)
+        if binding is not None and binding.expires_at <= self.clock.now():
+            binding = None  # expired: the MESSAGE's source is the better guess
         if sender.transport_name != "udp":
             target_uri, via_transport = _uri_of(from_value), sender.transport_name.upper()
             address = None
