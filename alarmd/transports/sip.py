@@ -157,6 +157,7 @@ class SipSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_in_flight: int = 10000  # MESSAGEs waiting for a commit before answering BUSY
     idle_timeout: float = 600.0  # stream connections without traffic are closed
+    max_connections: int = 20000  # TCP and TLS together; beyond it new ones are closed
     heartbeat_minutes: int | None = None  # hbi for devices that sent hbo=001
     t1: float = T1
     t2: float = T2
@@ -729,6 +730,10 @@ class _StreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.sender = _Sender(self.transport_name, str(peer[0]), int(peer[1]), self._write)
+        if len(self.receiver._connections) >= self.receiver.settings.max_connections:
+            log.warning("sip_connection_refused_at_limit", peer=str(peer[0]))
+            self.transport.close()
+            return
         self.receiver._connections.add(self)
 
     def _write(self, data: bytes) -> None:
