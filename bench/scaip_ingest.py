@@ -107,7 +107,21 @@ async def _serve_and_measure(args: argparse.Namespace) -> None:
     from alarmd.clock import SystemClock
     from alarmd.intake import Intake
     from alarmd.store.db import Store
-    from alarmd.transports.sip import ScaipAccount, SipReceiver, SipSettings
+    from alarmd.transports.sip import (
+        SIP_MRS_RETRANSMISSIONS,
+        SIP_REQUESTS,
+        ScaipAccount,
+        SipReceiver,
+        SipSettings,
+    )
+
+    def _requests_total() -> float:
+        return sum(
+            sample.value
+            for metric in SIP_REQUESTS.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
 
     account = ScaipAccount(PASSWORD)
     print(
@@ -130,6 +144,8 @@ async def _serve_and_measure(args: argparse.Namespace) -> None:
                     settings=SipSettings(host="127.0.0.1", port=0),
                 )
                 await receiver.start()
+                retransmitted = SIP_MRS_RETRANSMISSIONS._value.get()
+                requests_seen = _requests_total()
                 ctx = multiprocessing.get_context("spawn")
                 queue = ctx.Queue()
                 proc = ctx.Process(
@@ -142,9 +158,12 @@ async def _serve_and_measure(args: argparse.Namespace) -> None:
                 await loop.run_in_executor(None, proc.join)
                 await receiver.stop()
                 await store.close()
+            mrs_again = SIP_MRS_RETRANSMISSIONS._value.get() - retransmitted
+            requests = _requests_total() - requests_seen
             print(
                 f"{transport:>9} {devices:>7} {result['per_second']:>9.0f}"
                 f" {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f} {result['failures']:>5}"
+                f" {mrs_again:>9.0f} {requests:>9.0f}"
             )
 
 

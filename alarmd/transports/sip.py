@@ -114,6 +114,11 @@ SIP_MRS_UNANSWERED: Final = Counter(
     "<mrs> MESSAGEs over UDP that got no SIP response before timer F.",
     registry=metrics.REGISTRY,
 )
+SIP_MRS_RETRANSMISSIONS: Final = Counter(
+    "alarmd_sip_mrs_retransmissions_total",
+    "<mrs> MESSAGEs sent again over UDP because no SIP response came within the timer.",
+    registry=metrics.REGISTRY,
+)
 SIP_MRS_LATENCY: Final = Histogram(
     "alarmd_sip_message_to_mrs_seconds",
     "From a MESSAGE's arrival to its <mrs> being sent.",
@@ -681,6 +686,7 @@ class SipReceiver:
             log.warning("scaip_mrs_unanswered", address=f"{tx.address[0]}:{tx.address[1]}")
             return
         self._udp.sendto(tx.data, tx.address)
+        SIP_MRS_RETRANSMISSIONS.inc()
         tx.interval = min(tx.interval * 2, self.settings.t2)
         self._arm(branch, tx)
 
