@@ -241,6 +241,25 @@ async def test_overload_answers_busy_and_stores_nothing(stack: Stack) -> None:
     assert stack.stored() == []
 
 
+async def test_garbage_datagrams_then_an_alarm_still_works(stack: Stack) -> None:
+    import random
+
+    rng = random.Random(5)
+    loop = asyncio.get_running_loop()
+    junk, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=("127.0.0.1", stack.port)
+    )
+    valid = b"MESSAGE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKj\r\n\r\n"
+    for _ in range(300):
+        cut = rng.randrange(len(valid))
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        junk.sendto(valid[:cut] + noise + valid[cut + rng.randrange(5) :])
+    junk.close()
+    async with stack.device() as dev:
+        exchange = await dev.alarm(ref="G1")
+    assert exchange.mrs is not None and exchange.mrs.snu == 0
+
+
 async def test_simulate_entry_point(stack: Stack) -> None:
     exchanges = await simulate(
         "127.0.0.1", stack.port, cid="123456", user="123456", password="secret1", dty=5
