@@ -55,6 +55,7 @@ from alarmd.supervision_service import SupervisionService
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
 from alarmd.transports.modem import ModemTransport
 from alarmd.transports.mqtt import BrokerSettings, MqttIngest, MqttIngestSettings, TlsSettings
+from alarmd.transports.sip import AckPolicy, ScaipAccount, SipReceiver, SipSettings
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +92,7 @@ class Daemon:
         self.case_hub: CaseHub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.modem: ModemTransport | None = None
+        self.sip: SipReceiver | None = None
         self.dispatcher: Dispatcher | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
@@ -155,6 +157,55 @@ class Daemon:
         )
         self._tasks.append(loop.create_task(staff.run(), name="mqtt-staff"))
         return {"mqtt": staff}
+
+    def _sip(self, config: AlarmdConfig) -> SipReceiver:
+        """SCAIP over SIP: accounts with passwords from files, HOLD answered from the case."""
+        assert self.intake is not None and self.store is not None
+        scaip = config.scaip
+        base = self.config_path.parent if self.config_path is not None else Path.cwd()
+        accounts: dict[str, ScaipAccount] = {}
+        for account in scaip.accounts:
+            try:
+                password = (base / account.password_file).read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise StartupError(
+                    f"scaip account {account.user}: cannot read its password_file: {exc}"
+                ) from exc
+            accounts[account.user] = ScaipAccount(
+                password=password,
+                ack_policy=AckPolicy(account.ack_policy),
+                mrs_in_200=account.mrs_in_200,
+                cids=frozenset(account.cids) if account.cids is not None else None,
+            )
+        store = self.store
+
+        def case_state(cid: str, ref: str) -> str | None:
+            rows = store.writer.read_now(
+                "SELECT c.state FROM events e JOIN cases c ON c.id = e.case_id"
+                " WHERE e.dedup_key = ? ORDER BY e.id DESC LIMIT 1",
+                (f"scaip:{cid}:{ref}",),
+            )
+            if not rows:
+                return None
+            state = str(rows[0][0])
+            return "accepted" if state == "on_site" else state
+
+        return SipReceiver(
+            intake=self.intake,
+            store=self.store,
+            clock=self.clock,
+            accounts=accounts.get,
+            settings=SipSettings(
+                host=scaip.host,
+                port=scaip.port,
+                tls_port=scaip.tls_port,
+                tls_cert=str(base / scaip.tls_cert) if scaip.tls_cert else None,
+                tls_key=str(base / scaip.tls_key) if scaip.tls_key else None,
+                realm=scaip.realm,
+                heartbeat_minutes=scaip.heartbeat_minutes,
+            ),
+            case_state=case_state,
+        )
 
     def _modem(self, config: AlarmdConfig) -> ModemTransport:
         """The GSM modem: SMS and ring alarms in, SMS notifications and replies."""
@@ -349,6 +400,16 @@ class Daemon:
                     f"cannot listen for DC-09 on {config.dc09.host}:{config.dc09.port} (TCP and"
                     f" UDP): {exc.strerror or exc} (is another receiver running? see dc09.listen)"
                 ) from exc
+        if config.scaip.enabled:
+            self.sip = self._sip(config)
+            self.sip.heard = self.supervision.seen
+            try:
+                await self.sip.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for SCAIP on {config.scaip.host}:{config.scaip.port}"
+                    f" (UDP and TCP): {exc.strerror or exc} (see scaip.port)"
+                ) from exc
         self._write_run_file()
         # Everything built so far (configuration, accounts, modules) lives as long as the
         # daemon: move it out of the collector's sight so collections stay cheap.
@@ -372,6 +433,9 @@ class Daemon:
         if self.dc09 is not None:
             await self.dc09.stop()
             self.dc09 = None
+        if self.sip is not None:
+            await self.sip.stop()
+            self.sip = None
         if self.modem is not None:
             await self.modem.stop()
             self.modem = None
@@ -555,6 +619,7 @@ class Daemon:
             f"{_url_host(self.config.api.host)}:{self.api.port}",
             "api_port": self.api.port,
             "dc09_port": self.dc09.port if self.dc09 else None,
+            "scaip_port": self.sip.port if self.sip else None,
         }
         tmp = self.data_dir / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")

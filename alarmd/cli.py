@@ -199,6 +199,15 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     sim_modem.add_arguments(
         sim_sub.add_parser("modem", help="a GSM modem on a pseudo-terminal (until Ctrl-C)")
     )
+    scaip = sim_sub.add_parser("scaip", help="a SCAIP alarm unit: REGISTER, then an alarm")
+    scaip.add_argument("--host", default="127.0.0.1")
+    scaip.add_argument("--port", type=int, help="default: from <data-dir>/run.json, else 5060")
+    scaip.add_argument("--cid", required=True, help="the unit's caller id")
+    scaip.add_argument("--user", required=True, help="Digest user")
+    scaip.add_argument("--password", required=True)
+    scaip.add_argument("--dty", type=int, default=3, help="device type (3: pendant)")
+    scaip.add_argument("--stc", type=int, help="status code")
+    scaip.add_argument("--tcp", action="store_true", help="TCP instead of UDP")
     mqtt = sim_sub.add_parser("mqtt", help="an MQTT device event, or a staff app's answer")
     mqtt.add_argument("--broker", default="127.0.0.1:1883", help="host:port")
     mqtt.add_argument("--username")
@@ -232,6 +241,8 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _routes(args)
     if args.command == "admin":
         return _admin_token(args)
+    if args.command == "simulate" and args.protocol == "scaip":
+        return _simulate_scaip(args)
     if args.command == "simulate" and args.protocol == "modem":
         return _simulate_modem(args)
     if args.command == "simulate" and args.protocol == "mqtt":
@@ -242,6 +253,34 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return sim_dc09.main(args)
     parser.error("unknown command")
     return 2
+
+
+def _simulate_scaip(args: argparse.Namespace) -> int:
+    from alarmd.sim import scaip as sim_scaip
+
+    port = args.port or _run_info(args.data_dir).get("scaip_port") or 5060
+    try:
+        exchanges = asyncio.run(
+            sim_scaip.simulate(
+                args.host,
+                int(port),
+                cid=args.cid,
+                user=args.user,
+                password=args.password,
+                dty=args.dty,
+                stc=args.stc,
+                transport="tcp" if args.tcp else "udp",
+            )
+        )
+    except Exception as exc:  # one clear line for the installer at the keyboard
+        print(f"alarmctl: SCAIP to {args.host}:{port} failed: {exc}", file=sys.stderr)
+        return 1
+    for exchange in exchanges:
+        mrs = exchange.mrs
+        answer = f"<mrs snu={mrs.snu}>" if mrs is not None else "no <mrs>"
+        print(f"{exchange.response.status} {exchange.response.reason}; {answer}")
+    last = exchanges[-1].mrs if exchanges else None
+    return 0 if last is not None and last.snu == 0 else 1
 
 
 def _simulate_modem(args: argparse.Namespace) -> int:

@@ -93,6 +93,7 @@ __all__ = [
     "ModemConfig",
     "MqttConfig",
     "RoutingFiles",
+    "ScaipConfig",
     "StoreConfig",
     "TimestampConfig",
     "check_config",
@@ -514,6 +515,36 @@ class ModemConfig(_Section):
     senders: dict[str, SmsSenderConfig] = {}
 
 
+class ScaipAccountConfig(_Section):
+    """A SCAIP Digest account: one device (``cids``) or a group of devices (no ``cids``)."""
+
+    user: str
+    password_file: Path  # the password on its first line; never the password itself here
+    cids: list[str] | None = None
+    ack_policy: Literal["on_commit", "hold_until_accepted"] = "on_commit"
+    mrs_in_200: StrictBool = False  # some devices expect the <mrs> in the 200 OK body
+
+
+class ScaipConfig(_Section):
+    """SCAIP over SIP (PROTOCOLS.md section 2): UDP and TCP on ``port``, TLS on ``tls_port``."""
+
+    enabled: StrictBool = False
+    host: str = "127.0.0.1"
+    port: StrictInt = 5060
+    tls_port: StrictInt = 5061
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    realm: str = "alarmd"
+    heartbeat_minutes: StrictInt | None = None
+    accounts: list[ScaipAccountConfig] = []
+
+    @model_validator(mode="after")
+    def _tls_both_or_neither(self) -> ScaipConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise _invalid("give both tls_cert and tls_key, or neither")
+        return self
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -524,6 +555,7 @@ class _MainFile(_Section):
     dc09: Dc09Config = Field(default_factory=Dc09Config)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     modem: ModemConfig = Field(default_factory=ModemConfig)
+    scaip: ScaipConfig = Field(default_factory=ScaipConfig)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
     # absent: no tenant routes, the centre with its defaults (see RoutingFiles)

@@ -205,6 +205,12 @@ class Writer:
             self._queue.put_nowait(_Pending(job, future))
         return future
 
+    def read_now(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """A tiny synchronous read on the writer's connection, for a caller on the event loop
+        that cannot await (a transport answering a re-sent request). Safe because jobs run
+        inline on the loop: no transaction is ever open while other code runs."""
+        return [tuple(r) for r in self._conn.execute(sql, params).fetchall()]
+
     @property
     def queued(self) -> int:
         return self._queue.qsize()
