@@ -348,7 +348,18 @@ class Daemon:
         self.case_hub = CaseHub()
         self.engine.on_case_change(self.case_hub.publish)
         await self._seed_example_directory()
-        self.supervision = SupervisionService(self.store, self.intake, self.clock)
+        watch = config.supervision
+        self.supervision = SupervisionService(
+            self.store,
+            self.intake,
+            self.clock,
+            outage_threshold=watch.outage_threshold,
+            outage_window=timedelta(seconds=watch.outage_window_s),
+            startup_grace=timedelta(seconds=watch.startup_grace_s),
+            protocol_defaults={
+                p: timedelta(seconds=s) for p, s in watch.protocol_defaults_s.items()
+            },
+        )
         self.supervision.set_account_intervals(self._account_intervals(config))
         self.intake.add_listener(self.supervision.events_committed)
         await self.supervision.load()
@@ -529,6 +540,9 @@ class Daemon:
         self.routing = routing  # new cases only: running ones keep their snapshots
         if self.supervision is not None:
             self.supervision.set_account_intervals(self._account_intervals(new))
+            self.supervision.protocol_defaults = {
+                p: timedelta(seconds=s) for p, s in new.supervision.protocol_defaults_s.items()
+            }
             asyncio.get_running_loop().create_task(self.supervision.reload())
         if self.engine is not None:
             self.engine.set_router(self._route, routing.centre.operators)

@@ -95,6 +95,7 @@ __all__ = [
     "RoutingFiles",
     "ScaipConfig",
     "StoreConfig",
+    "SupervisionConfig",
     "TimestampConfig",
     "check_config",
     "default_config_path",
@@ -545,6 +546,16 @@ class ScaipConfig(_Section):
         return self
 
 
+class SupervisionConfig(_Section):
+    """Line supervision (issue 6): intervals, outage grouping, the grace after downtime."""
+
+    # for devices whose directory entry and account name no interval: protocol -> seconds
+    protocol_defaults_s: dict[Literal["dc09", "scaip", "mqtt", "sms"], PositiveInt] = {}
+    outage_threshold: PositiveInt = 10  # this many silent in one area within the window...
+    outage_window_s: PositiveInt = 300  # ...is one incident, not that many cases
+    startup_grace_s: PositiveInt = 600  # after alarmd's own downtime
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -556,6 +567,7 @@ class _MainFile(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     modem: ModemConfig = Field(default_factory=ModemConfig)
     scaip: ScaipConfig = Field(default_factory=ScaipConfig)
+    supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
     # absent: no tenant routes, the centre with its defaults (see RoutingFiles)

@@ -67,11 +67,14 @@ class SupervisionService:
         outage_threshold: int = 10,
         outage_window: timedelta = timedelta(minutes=5),
         startup_grace: timedelta = timedelta(minutes=10),
+        protocol_defaults: dict[str, timedelta] | None = None,
     ) -> None:
         self._store = store
         self._intake = intake
         self._clock = clock
         self._startup_grace = startup_grace
+        # a heartbeat interval per protocol, for directory devices that name none
+        self.protocol_defaults = dict(protocol_defaults or {})
         self.core = Supervisor()
         self.outages = OutageTracker(outage_threshold, outage_window)
         self._groups: dict[DeviceKey, tuple[str, str]] = {}  # device -> (tenant, area)
@@ -115,11 +118,15 @@ class SupervisionService:
         rows = []
         for row in found:
             seconds = row[2]
-            if not seconds:
+            if not seconds:  # the device's own interval wins, then its account's, then
                 fallback = self._account_intervals.get((str(row[0]), str(row[1])))
-                if fallback is None:
+                default = self.protocol_defaults.get(str(row[0]))  # its protocol's
+                if fallback is not None:
+                    seconds = int(fallback[1].total_seconds())
+                elif default is not None:
+                    seconds = int(default.total_seconds())
+                else:
                     continue  # nobody said how often this device calls in
-                seconds = int(fallback[1].total_seconds())
             rows.append((*row[:2], seconds, *row[3:]))
         now = self._clock.now()
         for protocol, identity, seconds, tenant, postcode, last in rows:

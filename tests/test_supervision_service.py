@@ -206,3 +206,21 @@ async def test_an_accounts_interval_supervises_a_device_the_directory_leaves_ope
         sup.beat("1234", *EVERYONE)
     # ONLYACCT: 10 min + 1 min grace from load (T0) ran out at T0+11, pending 5 min
     assert [c[0] for c in sup.cases()] == ["ONLYACCT"]
+
+
+async def test_a_protocol_default_supervises_devices_nobody_gave_an_interval(
+    sup: Supervised,
+) -> None:
+    def add(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO devices (tenant, protocol, identity, updated_at)"
+            " VALUES ('eksempel-kommune', 'scaip', '7001', ?)",
+            (NOW,),
+        )
+
+    await sup.world.store.writer.submit(add)
+    await sup.service.reload()
+    assert ("scaip", "7001") not in sup.service._groups  # no interval anywhere: not watched
+    sup.service.protocol_defaults = {"scaip": timedelta(minutes=30)}
+    await sup.service.reload()
+    assert ("scaip", "7001") in sup.service._groups
