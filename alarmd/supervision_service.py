@@ -21,8 +21,6 @@ until the core's next deadline or a wake-up.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +28,7 @@ import structlog
 
 from alarmd import metrics
 from alarmd.clock import Clock
+from alarmd.deadlines import DeadlineLoop
 from alarmd.intake import Intake
 from alarmd.model import Condition, Event, EventKind
 from alarmd.store.db import Store, iso, parse_iso
@@ -79,8 +78,9 @@ class SupervisionService:
         self.outages = OutageTracker(outage_threshold, outage_window)
         self._groups: dict[DeviceKey, tuple[str, str]] = {}  # device -> (tenant, area)
         self._restored: list[LinkRestored] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = DeadlineLoop(
+            "supervision", clock, self.run_due, self._next_due, min_sleep_s=0.05
+        )
         # intervals from the accounts file: (protocol, source) -> (tenant, interval)
         self._account_intervals: dict[DeviceKey, tuple[str, timedelta]] = {}
 
@@ -149,7 +149,7 @@ class SupervisionService:
     async def reload(self) -> None:
         """The directory changed (an import): pick up new and changed devices."""
         await self.load(resume=False)
-        self._wake.set()
+        self._loop.wake()
 
     # --- input -----------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ class SupervisionService:
         restored = self.core.seen((protocol, source), self._clock.now())
         if restored is not None:
             self._restored.append(restored)
-            self._wake.set()
+            self._loop.wake()
 
     def events_committed(self, events: object, receipt: object) -> None:
         """Intake's listener: every stored event is a sign of life from its device."""
@@ -170,31 +170,17 @@ class SupervisionService:
     # --- the loop --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="supervision")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.run_due()
-            except Exception:  # a store hiccup: try again at the next wake-up
-                log.exception("supervision_run_failed")
-            times = [t for t in (self.core.next_deadline(), self.outages.next_tick()) if t]
-            timeout = None
-            if times:
-                timeout = max(0.05, (min(times) - self._clock.now()).total_seconds())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    def _next_due(self) -> datetime | None:
+        times = [t for t in (self.core.next_deadline(), self.outages.next_tick()) if t]
+        return min(times) if times else None
 
     async def run_due(self) -> int:
         """Report what is due now; returns how many events were submitted."""

@@ -34,8 +34,6 @@ Deadlines: a heap of hints
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import heapq
 import json
@@ -50,6 +48,7 @@ import structlog
 
 from alarmd import metrics
 from alarmd.clock import Clock
+from alarmd.deadlines import DeadlineLoop
 from alarmd.model import Category, Event, EventKind, Flag, Outcome, Priority, Receipt
 from alarmd.routing.decision import MODES, Decision, Location, Mode, RouteFacts
 from alarmd.routing.escalation import (
@@ -155,8 +154,12 @@ class Engine:
         self._fallback_centre = fallback_centre
         self._heap: list[tuple[datetime, int]] = []
         self._hint: dict[int, datetime] = {}  # the earliest heap entry per case
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = DeadlineLoop(
+            "routing-engine",
+            clock,
+            self.run_due,
+            lambda: self._heap[0][0] if self._heap else None,
+        )
         self._outbox_listeners: list[Callable[[], None]] = []
         self._case_listeners: list[Callable[[Iterable[int]], None]] = []
         self._pending: _JobOutcome = _JobOutcome()  # on_event's effects, until intake commits
@@ -200,30 +203,13 @@ class Engine:
         return len(rows)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="routing-engine")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.run_due()
-            except Exception:  # never let one bad case stop every deadline
-                log.exception("engine_run_failed")
-            timeout: float | None = None
-            if self._heap:
-                timeout = max(0.0, (self._heap[0][0] - self._clock.now()).total_seconds())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._loop.wake()
 
     # --- the heap of hints ------------------------------------------------------------------
 
@@ -248,7 +234,7 @@ class Engine:
         for case_id, when in outcome.deadlines:
             self._push(case_id, when)
         if outcome.deadlines:
-            self._wake.set()
+            self._loop.wake()
         if outcome.outbox_rows:
             for listener in self._outbox_listeners:
                 listener()
