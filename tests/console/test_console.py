@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,24 +26,12 @@ from textual.widgets import DataTable
 from alarmd.console.app import CaseScreen, ConsoleApp, PickScreen, render_case
 from alarmd.console.texts import Texts, missing_translations
 
+from ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SIZE = (80, 24)
 BUDGET_S = 10.0
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP right now (DC-09 binds both)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 class Daemon:
