@@ -31,6 +31,7 @@ __all__ = [
     "PlanSnapshot",
     "UserFacts",
     "find_device",
+    "record_plan_version",
     "resolve_recipient",
     "user_facts",
 ]
@@ -276,3 +277,28 @@ def resolve_recipient(
             return [], f"no active staff member {ref}"
         return [Person(id=f"staff:{row[0]}", name=row[1], channels=_channels(row[2]))], None
     return [], f"unknown recipient kind {kind}"
+
+
+def record_plan_version(
+    conn: sqlite3.Connection, user_id: int, now: str, actor: str, changed: str
+) -> int:
+    """Keep the user's current plan (with its contacts) as a row of
+    ``response_plan_versions``, so "who changed what, when" has an answer; call it in the
+    transaction that changed the plan, after the change. ``now`` is an ``iso`` time.
+    Returns the version recorded (0 when the user has no plan at all)."""
+    facts = user_facts(conn, user_id)
+    if facts is None or facts.plan is None:
+        return 0
+    conn.execute(
+        "INSERT OR REPLACE INTO response_plan_versions"
+        " (user_id, version, plan, changed, changed_at, changed_by) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            user_id,
+            facts.plan.version,
+            json.dumps(facts.plan.to_json(), ensure_ascii=False),
+            changed,
+            now,
+            actor,
+        ),
+    )
+    return facts.plan.version
