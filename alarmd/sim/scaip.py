@@ -8,7 +8,9 @@ For tests, the benchmark and ``alarmctl simulate scaip``. It behaves like a devi
   (RFC 3261 timer E), giving up after 64*T1 (timer F);
 * takes the ``<mrs>`` from a separate SIP MESSAGE (answering it 200) or from the body of the
   200 OK, whichever comes;
-* ``alarm_until_handled`` re-sends the same ``<mrq>`` (same ref) after HOLD until ``snu=0``.
+* ``alarm_until_handled`` re-sends the same ``<mrq>`` (same ref) after HOLD until ``snu=0``,
+  after a fixed pause or one drawn from a range (a real unit: 5-20 s); the pause is taken
+  by an injectable ``sleep`` so that tests move a fake clock instead of waiting.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from alarmd.protocols import scaip
@@ -326,18 +329,27 @@ class ScaipDevice:
         stc: int | None = None,
         *,
         ref: str | None = None,
-        resend_after: float = 5.0,
+        resend_after: float | tuple[float, float] = 5.0,
         max_sends: int = 360,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> list[Exchange]:
-        """Like a device: re-send the same ``<mrq>`` on HOLD until ``snu=0`` (or give up)."""
+        """Like a device: re-send the same ``<mrq>`` on HOLD until ``snu=0`` (or give up).
+
+        ``resend_after`` is the pause in seconds, or a (low, high) range to draw each pause
+        from with ``rng`` (seed it for a repeatable test); ``sleep`` takes the pause."""
         ref = ref or self.new_ref()
+        rng = rng or random.Random()
         out: list[Exchange] = []
         for _ in range(max_sends):
             exchange = await self.alarm(dty, stc, ref=ref)
             out.append(exchange)
             if exchange.mrs is None or exchange.mrs.snu != scaip.Snu.HOLD:
                 return out
-            await asyncio.sleep(resend_after)
+            if isinstance(resend_after, tuple):
+                await sleep(rng.uniform(*resend_after))
+            else:
+                await sleep(resend_after)
         return out
 
 

@@ -3,6 +3,8 @@
 A binding is written through the store's single writer (``save_binding_job``,
 ``delete_binding_job``) before the REGISTER is answered, so a 200 OK means the binding
 survives a restart. ``load_bindings`` reads them back at start; expired ones are skipped.
+``purge_expired_job`` deletes the expired ones (the transport runs it on REGISTER and in its
+periodic sweep, at most once a minute), so the table holds only bindings that still count.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import aiosqlite
 
 from alarmd.store.db import iso, parse_iso
 
-__all__ = ["Binding", "delete_binding_job", "load_bindings", "save_binding_job"]
+__all__ = [
+    "Binding",
+    "delete_binding_job",
+    "load_bindings",
+    "purge_expired_job",
+    "save_binding_job",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,18 @@ def save_binding_job(binding: Binding, now: datetime) -> Callable[[sqlite3.Conne
 def delete_binding_job(aor: str) -> Callable[[sqlite3.Connection], None]:
     def job(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM sip_bindings WHERE aor = ?", (aor,))
+
+    return job
+
+
+def purge_expired_job(now: datetime) -> Callable[[sqlite3.Connection], int]:
+    """Delete every binding that expired at or before ``now``; the job returns how many.
+
+    ``expires_at`` is our ISO text form (UTC, microseconds, 'Z'), which sorts as time."""
+
+    def job(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute("DELETE FROM sip_bindings WHERE expires_at <= ?", (iso(now),))
+        return int(cursor.rowcount)
 
     return job
 

@@ -5,9 +5,13 @@ Theory of operation
 Every request, whatever its transport, goes through ``SipReceiver._handle``:
 
 * ``OPTIONS`` -> 200. Anything but REGISTER, MESSAGE, OPTIONS -> 405 with ``Allow``.
-* ``REGISTER`` -> Digest (``protocols.sip.DigestAuthenticator``) -> the binding is written
-  through the store's writer and only then answered 200 with ``Contact;expires`` (so a
-  200 means the binding survives a restart). ``expires=0`` removes it.
+* ``REGISTER`` -> Digest (``protocols.sip.DigestAuthenticator``) -> the To user must be one
+  of the account's ``cids`` (403 otherwise, nothing stored: a device or group account may
+  not register, query or remove another unit's binding) -> the binding is written through
+  the store's writer and only then answered 200 with ``Contact;expires`` (so a 200 means
+  the binding survives a restart). ``expires=0`` removes it. Expired bindings are deleted
+  from memory and from ``sip_bindings`` at most once per ``binding_purge_interval`` (clock
+  seconds), by a REGISTER or by the periodic sweep, whichever comes first.
 * ``MESSAGE`` with ``application/scaip+xml`` (else 415) -> Digest -> ``scaip.handle_mrq``
   -> ``intake.submit_future`` -> **after the commit** 200 OK, then the ``<mrs>`` as a
   separate SIP MESSAGE (PROTOCOLS.md 2.1). A store failure gets 500 and no ``<mrs>``: the
@@ -20,7 +24,8 @@ Every request, whatever its transport, goes through ``SipReceiver._handle``:
   (RFC 3261 17.1.2.2, timers E and F).
 * Acknowledgement policy per account: ``on_commit`` answers ``snu=0`` once committed;
   ``hold_until_accepted`` answers ``snu=4`` (HOLD) once committed and ``snu=0`` only when
-  ``case_state(cid, ref)`` says a human accepted the case (one of ``ACCEPTED_STATES``).
+  ``case_state(cid, ref)`` says a human accepted the case (one of ``ACCEPTED_STATES``;
+  ``store_case_state`` is that lookup on the store's cases).
   The device re-sends the same ref on HOLD; intake stores it once (same dedup key).
   Without a ``case_state`` callable HOLD accounts fall back to ``on_commit`` (logged).
 * More than ``max_in_flight`` MESSAGEs waiting for a commit -> ``snu=6`` BUSY at once,
@@ -84,14 +89,20 @@ from alarmd.protocols.sip import (
     response_via,
 )
 from alarmd.store.db import Store, StoreError
-from alarmd.store.registrar import Binding, delete_binding_job, load_bindings, save_binding_job
+from alarmd.store.registrar import (
+    Binding,
+    delete_binding_job,
+    load_bindings,
+    purge_expired_job,
+    save_binding_job,
+)
 from alarmd.transports.listener import BurstListener
 
 log = structlog.get_logger(__name__)
 
 SCAIP_CONTENT_TYPE: Final = "application/scaip+xml"
 ALLOW: Final = "REGISTER, MESSAGE, OPTIONS"
-ACCEPTED_STATES: Final = frozenset({"accepted", "dispatched", "closed"})
+ACCEPTED_STATES: Final = frozenset({"accepted", "on_site", "dispatched", "closed"})
 MAX_SERVER_TRANSACTIONS: Final = 100_000  # remembered for retransmissions; beyond: not cached
 _KNOWN_METHODS: Final = frozenset({"REGISTER", "MESSAGE", "OPTIONS", "ACK", "INVITE", "BYE"})
 T1: Final = 0.5
@@ -147,6 +158,23 @@ AccountLookup = Callable[[str], ScaipAccount | None]  # Digest username -> accou
 CaseState = Callable[[str, str], str | None]  # (cid, ref) -> the case's state, None if none
 
 
+def store_case_state(store: Store) -> CaseState:
+    """``case_state`` read from the store: the state of the case the alarm ``cid``+``ref``
+    opened or joined (intake's de-duplication key ``scaip:cid:ref``), None while there is
+    none. A synchronous read on the writer's connection (``read_now``): the receiver calls
+    it on the event loop for every HOLD-policy alarm and re-send."""
+
+    def case_state(cid: str, ref: str) -> str | None:
+        rows = store.writer.read_now(
+            "SELECT c.state FROM events e JOIN cases c ON c.id = e.case_id"
+            " WHERE e.dedup_key = ? ORDER BY e.id DESC LIMIT 1",
+            (f"{scaip.PROTOCOL}:{cid}:{ref}",),
+        )
+        return str(rows[0][0]) if rows else None
+
+    return case_state
+
+
 @dataclass(frozen=True, slots=True)
 class SipSettings:
     host: str = "127.0.0.1"
@@ -164,6 +192,8 @@ class SipSettings:
     idle_timeout: float = 600.0  # stream connections without traffic are closed
     max_connections: int = 20000  # TCP and TLS together; beyond it new ones are closed
     heartbeat_minutes: int | None = None  # hbi for devices that sent hbo=001
+    sweep_interval: float = 5.0  # event-loop seconds between sweeps of idle state
+    binding_purge_interval: float = 60.0  # clock seconds between deletions of expired bindings
     t1: float = T1
     t2: float = T2
 
@@ -203,6 +233,24 @@ def _aor(value: str) -> str:
         return uri
     user = f"{m.group(2)}@" if m.group(2) else ""
     return f"{m.group(1).lower()}:{user}{m.group(3).lower()}"
+
+
+def _user_of(aor: str) -> str | None:
+    """The user part of an address of record ("sip:123456@host" -> "123456"), None if none."""
+    _scheme, sep, rest = aor.partition(":")
+    if not sep or "@" not in rest:
+        return None
+    return rest.rsplit("@", 1)[0]
+
+
+def _log_purge(future: asyncio.Future[int]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        log.error("sip_bindings_purge_failed", error=str(error))
+    elif future.result():
+        log.info("sip_bindings_purged", count=future.result())
 
 
 def heartbeat_interval(base_minutes: int, cid: str, spread: float = 0.1) -> int:
@@ -269,6 +317,7 @@ class SipReceiver:
         self._client_tx: dict[str, _ClientTx] = {}
         self._in_flight = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._last_purge: float | None = None
         self._warned_no_case_state = False
         # supervision's ``seen``: (protocol, cid) for every authenticated SCAIP request
         self.heard: Callable[[str, str], object] | None = None
@@ -337,7 +386,8 @@ class SipReceiver:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self.settings.sweep_interval)
+            self.purge_expired_bindings()
             now = self.clock.monotonic()
             for key, (_, at) in list(self._server_tx.items()):
                 if now - at > 32.0:
@@ -345,6 +395,26 @@ class SipReceiver:
             for conn in list(self._connections):
                 if now - conn.last_seen > self.settings.idle_timeout:
                     conn.close()
+
+    def purge_expired_bindings(self, *, force: bool = False) -> asyncio.Future[int] | None:
+        """Forget the bindings that have expired and delete them from ``sip_bindings``; at
+        most once per ``binding_purge_interval`` of clock time unless ``force``. Returns the
+        writer's future (the number of rows deleted), or None when it was not yet time."""
+        now_mono = self.clock.monotonic()
+        last = self._last_purge
+        if (
+            not force
+            and last is not None
+            and now_mono - last < self.settings.binding_purge_interval
+        ):
+            return None
+        self._last_purge = now_mono
+        now = self.clock.now()
+        for aor in [a for a, b in self.bindings.items() if b.expires_at <= now]:
+            del self.bindings[aor]
+        future = self.store.writer.enqueue(purge_expired_job(now))
+        future.add_done_callback(_log_purge)
+        return future
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -478,12 +548,23 @@ class SipReceiver:
         auth = self._authenticate(request, sender, key)
         if auth is None:
             return
-        username, _account = auth
+        username, account = auth
         to = request.headers.get("To")
         contact = request.headers.get("Contact")
         if to is None:
             raise SipError("missing_header", 400, "To")
         aor = _aor(to)
+        identity = _user_of(aor)
+        if account.cids is not None and identity not in account.cids:
+            log.warning(
+                "sip_register_identity_refused",
+                user=username,
+                aor=aor,
+                peer=f"{sender.host}:{sender.port}",
+            )
+            self._respond(request, sender, 403, key=key)
+            return
+        self.purge_expired_bindings()
         expires_text = request.headers.get("Expires")
         m = _EXPIRES_PARAM_RE.search(contact or "")
         expires = int(m.group(1)) if m else int(expires_text) if expires_text else 3600
