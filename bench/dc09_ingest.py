@@ -30,11 +30,11 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,27 +43,63 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 ACCOUNTS = [f"{0x10000 + i:X}" for i in range(1000)]
 
 
-# --- load generator (runs in a child process) --------------------------------------------
+# --- load generator (runs in child processes) ----------------------------------------------
 
 
-def _frames_for(account: str, zone: int):  # type: ignore[no-untyped-def]
-    from alarmd.protocols.dc09 import encode_message
+def _seq_crcs(rest_len: int) -> list[int]:
+    """The CRC contribution of each seq 0..9999 to a body ``"ADM-CID"SSSS`` + rest.
+
+    CRC-16/ARC starts at 0 and is linear over XOR, so a body's CRC is the CRC of the body
+    with seq "0000" XOR the CRC of the seq digits' difference from "0" followed by
+    ``rest_len`` zero bytes: a frame costs one table look-up instead of a CRC in Python.
+    """
+    from alarmd.protocols.dc09 import crc16_arc
+
+    digit = [[crc16_arc(bytes([d]) + bytes(3 - k + rest_len)) for d in range(10)] for k in range(4)]
+    return [
+        digit[0][s // 1000] ^ digit[1][s // 100 % 10] ^ digit[2][s // 10 % 10] ^ digit[3][s % 10]
+        for s in range(10000)
+    ]
+
+
+_SEQ_CRCS: dict[int, list[int]] = {}
+
+
+def _frames_for(account: str, zone: int, partition: int):  # type: ignore[no-untyped-def]
+    """``frame(seq)``: the clear ADM-CID frame ``encode_message`` builds, without its cost."""
+    from alarmd.protocols.dc09 import crc16_arc, encode_message
+
+    data = f"#{account}|1100 {partition:02d} {zone % 1000:03d}"
+    head = b'"ADM-CID"'
+    rest = f"R1L1#{account}[{data}]".encode()
+    length = len(head) + 4 + len(rest)
+    base = crc16_arc(head + b"0000" + rest)
+    table = _SEQ_CRCS.get(len(rest))
+    if table is None:
+        table = _SEQ_CRCS[len(rest)] = _seq_crcs(len(rest))
+    lead = b"\n%%04X%04X%b" % (length, head)
 
     def frame(seq: int) -> bytes:
-        data = f"#{account}|1100 01 {zone % 1000:03d}"
-        return encode_message("ADM-CID", seq, account, data, receiver="1", line="1")
+        return lead % (base ^ table[seq]) + b"%04d%b\r" % (seq, rest)
 
+    for seq in (1, 42, 9999):  # the shortcut must build exactly the real frame
+        real = encode_message("ADM-CID", seq, account, data, receiver="1", line="1")
+        assert frame(seq) == real, (frame(seq), real)
     return frame
 
 
 class _ClosedLoop(asyncio.Protocol):
-    def __init__(self, make_frame, stats: dict, stop_at: float, warm_until: float) -> None:  # type: ignore[no-untyped-def]
+    """One transmitter: send a frame, wait for its reply, send the next; nothing else."""
+
+    def __init__(self, make_frame, stats: dict, start_at: float) -> None:  # type: ignore[no-untyped-def]
         self.make_frame = make_frame
         self.stats = stats
-        self.stop_at = stop_at
-        self.warm_until = warm_until
+        self.lat: list[int] = stats["lat"]
+        self.start_at = start_at
+        self.warm_until = int((start_at + stats["warmup"]) * 1e9)
+        self.stop_at = int((start_at + stats["warmup"] + stats["duration"]) * 1e9)
         self.seq = 0
-        self.buffer = bytearray()
+        self.buffer = b""
         self.sent_at = 0
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,63 +107,74 @@ class _ClosedLoop(asyncio.Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def begin(self) -> None:
         self._send()
 
     def _send(self) -> None:
         self.seq = self.seq % 9999 + 1
-        self.sent_at = time.perf_counter_ns()
+        self.sent_at = time.time_ns()
         assert self.transport is not None
         self.transport.write(self.make_frame(self.seq))
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r")) >= 0:
-            reply = bytes(self.buffer[: end + 1])
-            del self.buffer[: end + 1]
-            now = time.perf_counter_ns()
-            if b'"ACK"' in reply:
-                if now / 1e9 >= self.warm_until:
-                    self.stats["acked"] += 1
-                    self.stats["lat"].append((now - self.sent_at) / 1e6)
-            else:
-                self.stats["other"] += 1
-            if now / 1e9 >= self.stop_at:
-                if not self.done.done():
-                    self.done.set_result(None)
-                return
-            self._send()
+        if self.buffer:
+            data = self.buffer + data
+            self.buffer = b""
+        if data[-1] != 13:  # a reply split across reads (rare): wait for its CR
+            self.buffer = data
+            return
+        now = time.time_ns()
+        if b'"ACK"' in data:
+            if now >= self.warm_until:
+                self.stats["acked"] += 1
+                self.lat.append(now - self.sent_at)
+        else:
+            self.stats["other"] += 1
+        if now >= self.stop_at:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self._send()
 
     def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
         if not self.done.done():
             self.done.set_result(None)
 
 
-async def _loadgen(port: int, connections: int, duration: float, warmup: float) -> dict:
+async def _loadgen(args: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
-    stats: dict = {"acked": 0, "other": 0, "lat": []}
-    start = time.perf_counter()
-    warm_until = start + warmup
-    stop_at = warm_until + duration
+    stats: dict = {
+        "acked": 0,
+        "other": 0,
+        "lat": [],
+        "warmup": args.warmup,
+        "duration": args.duration,
+    }
     protocols = []
-    for i in range(connections):
+    first, count = args.first_connection, args.connections_one
+    for i in range(first, first + count):
         account = ACCOUNTS[i % len(ACCOUNTS)]
-        make = _frames_for(account, i)
+        make = _frames_for(account, i, args.partition)
         _, proto = await loop.create_connection(
-            lambda make=make: _ClosedLoop(make, stats, stop_at, warm_until), "127.0.0.1", port
+            lambda make=make: _ClosedLoop(make, stats, args.start_at), "127.0.0.1", args.port
         )
         protocols.append(proto)
+    await asyncio.sleep(max(0.0, args.start_at - time.time()))
+    for p in protocols:
+        p.begin()
+    await asyncio.sleep(max(0.0, args.start_at + args.warmup - time.time()))
+    cpu0 = time.process_time()
     await asyncio.gather(*(p.done for p in protocols))
-    elapsed = time.perf_counter() - warm_until
+    cpu1 = time.process_time()
     for p in protocols:
         p.transport.close()
-    lat = sorted(stats["lat"])
     return {
-        "connections": connections,
-        "events_per_s": stats["acked"] / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": statistics.median(lat) if lat else None,
-        "p99_ms": lat[int(len(lat) * 0.99) - 1] if len(lat) >= 100 else (lat[-1] if lat else None),
         "acked": stats["acked"],
         "non_ack_replies": stats["other"],
+        "client_cpu_s": cpu1 - cpu0,
+        # a histogram in 10 us buckets: a list of every latency overflows a pipe at 1e5/s
+        "lat_10us": sorted(Counter(ns // 10_000 for ns in stats["lat"]).items()),
     }
 
 
@@ -155,7 +202,7 @@ def loadgen_main(args: argparse.Namespace) -> None:
     if args.hold_idle:
         uvloop.run(_hold_idle(args.port, args.hold_idle))
         return
-    result = uvloop.run(_loadgen(args.port, args.connections_one, args.duration, args.warmup))
+    result = uvloop.run(_loadgen(args))
     print(json.dumps(result), flush=True)
 
 
@@ -248,30 +295,95 @@ def start_pysiaalarm() -> Server:
     return Server("pysiaalarm", proc, port)
 
 
-def run_load(server: Server, connections: int, duration: float, warmup: float) -> dict:
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--loadgen",
-            "--port",
-            str(server.port),
-            "--connections-one",
-            str(connections),
-            "--duration",
-            str(duration),
-            "--warmup",
-            str(warmup),
-        ],
-        stdout=subprocess.PIPE,
+_runs = 0
+
+
+def _quantile(hist: Counter[int], q: float) -> float | None:
+    """The q-quantile (ms) of a histogram of 10 us buckets (upper bucket edge)."""
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= rank:
+            return (bucket + 1) / 100
+    return None
+
+
+def start_null() -> Server:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "dc09_null_server.py")], stdout=subprocess.PIPE
     )
-    time.sleep(warmup)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("READY"):
+        raise RuntimeError(f"null receiver did not start: {line!r}")
+    return Server("null", proc, int(line.split()[1]))
+
+
+def run_load(
+    server: Server, connections: int, duration: float, warmup: float, clients: int = 1
+) -> dict:
+    """Closed-loop load from ``clients`` processes sharing ``connections`` between them.
+
+    Every run gets its own partition number in the frames' data: a run's frames are never
+    retransmissions of an earlier run's (seq restarts at 1 on every connection, and the
+    de-duplication window is a day), so every measured frame is a new event to store.
+    """
+    global _runs
+    _runs += 1
+    clients = max(1, min(clients, connections))
+    start_at = time.time() + 1.0 + connections / 1000
+    children = []
+    first = 0
+    for k in range(clients):
+        share = connections // clients + (1 if k < connections % clients else 0)
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--loadgen",
+                    "--port",
+                    str(server.port),
+                    "--connections-one",
+                    str(share),
+                    "--first-connection",
+                    str(first),
+                    "--partition",
+                    str(_runs % 100),
+                    "--start-at",
+                    repr(start_at),
+                    "--duration",
+                    str(duration),
+                    "--warmup",
+                    str(warmup),
+                ],
+                stdout=subprocess.PIPE,
+            )
+        )
+        first += share
+    time.sleep(max(0.0, start_at + warmup - time.time()))
     cpu0, t0 = _cpu_seconds(server.proc.pid), time.perf_counter()
-    out, _ = child.communicate(timeout=duration + warmup + 120)
+    outs = [child.communicate(timeout=duration + warmup + 120)[0] for child in children]
     cpu1, t1 = _cpu_seconds(server.proc.pid), time.perf_counter()
-    result = json.loads(out)
-    result["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
-    return result
+    parts = [json.loads(out) for out in outs]
+    hist: Counter[int] = Counter()
+    for part in parts:
+        hist.update(dict(part["lat_10us"]))
+    acked = sum(part["acked"] for part in parts)
+    return {
+        "connections": connections,
+        "clients": clients,
+        "events_per_s": acked / duration,
+        "p50_ms": _quantile(hist, 0.50),
+        "p99_ms": _quantile(hist, 0.99),
+        "acked": acked,
+        "non_ack_replies": sum(part["non_ack_replies"] for part in parts),
+        "server_cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        "client_cpu_pct": 100.0 * sum(part["client_cpu_s"] for part in parts) / duration,
+    }
 
 
 def idle_rss(server: Server, count: int) -> dict:
@@ -313,6 +425,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--connections-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--hold-idle", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--first-connection", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--partition", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument(
@@ -326,6 +441,20 @@ def main() -> None:
     parser.add_argument("--connections", default="1,10,100,1000")
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--skip-null", action="store_true", help="do not measure the null receiver (ceiling)"
+    )
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated subset and order of null,alarmd,pysiaalarm (default: all)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="load-generator processes sharing the connections (default 1)",
+    )
     args = parser.parse_args()
     if args.loadgen:
         loadgen_main(args)
@@ -335,18 +464,29 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="alarmd-bench-"))
     results: dict[str, dict] = {}
     try:
-        starters = [("alarmd", lambda: start_alarmd(workdir))]
-        if not args.skip_baseline:
-            starters.append(("pysiaalarm", start_pysiaalarm))
+        known = {
+            "null": start_null,
+            "alarmd": lambda: start_alarmd(workdir),
+            "pysiaalarm": start_pysiaalarm,
+        }
+        names = args.servers.split(",") if args.servers else list(known)
+        if args.skip_null and "null" in names:
+            names.remove("null")
+        if args.skip_baseline and "pysiaalarm" in names:
+            names.remove("pysiaalarm")
+        starters = [(name, known[name]) for name in names]
         for name, start in starters:
             server = start()
             try:
                 if args.prewarm > 0:
-                    run_load(server, 100, args.prewarm, 0.5)
+                    run_load(server, 100, args.prewarm, 0.5, args.clients)
                 results[name] = {
-                    "load": [run_load(server, n, args.duration, args.warmup) for n in levels]
+                    "load": [
+                        run_load(server, n, args.duration, args.warmup, args.clients)
+                        for n in levels
+                    ]
                 }
-                if args.idle:
+                if args.idle and name != "null":
                     results[name]["idle"] = idle_rss(server, args.idle)
             finally:
                 server.stop()
@@ -367,14 +507,23 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         f" after {args.warmup:g} s warm-up; "
         f"alarmd with synchronous=FULL (ACK after commit)\n"
     )
-    print(f"{'server':11} {'conns':>5} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU %':>6}")
+    print(f"load generator: {args.clients} client process(es)\n")
+    print(
+        f"{'server':11} {'conns':>5} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'srv CPU%':>8} {'cli CPU%':>8}"
+    )
     for name, r in results.items():
         for row in r["load"]:
             print(
                 f"{name:11} {row['connections']:>5} {row['events_per_s']:>10.0f} "
                 f"{row['p50_ms'] or 0:>8.2f} {row['p99_ms'] or 0:>8.2f}"
-                f" {row['server_cpu_pct']:>6.0f}"
+                f" {row['server_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f}"
             )
+    if "null" in results and "pysiaalarm" in results:
+        print("\nnull receiver (load generator ceiling) / pysiaalarm (events/s):")
+        for a, b in zip(results["null"]["load"], results["pysiaalarm"]["load"], strict=True):
+            ratio = a["events_per_s"] / b["events_per_s"] if b["events_per_s"] else float("inf")
+            print(f"  {a['connections']:>5} connections: {ratio:.2f}x")
     if "alarmd" in results and "pysiaalarm" in results:
         print("\nratio alarmd / pysiaalarm (events/s):")
         for a, b in zip(results["alarmd"]["load"], results["pysiaalarm"]["load"], strict=True):
