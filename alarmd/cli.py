@@ -207,7 +207,20 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     scaip.add_argument("--password", required=True)
     scaip.add_argument("--dty", type=int, default=3, help="device type (3: pendant)")
     scaip.add_argument("--stc", type=int, help="status code")
-    scaip.add_argument("--tcp", action="store_true", help="TCP instead of UDP")
+    scaip_transport = scaip.add_mutually_exclusive_group()
+    scaip_transport.add_argument("--tcp", action="store_true", help="TCP instead of UDP")
+    scaip_transport.add_argument(
+        "--tls", action="store_true", help="TLS (default port: from run.json, else 5061)"
+    )
+    scaip_trust = scaip.add_mutually_exclusive_group()
+    scaip_trust.add_argument(
+        "--ca", type=Path, metavar="FILE", help="with --tls: trust this CA (or self-signed) cert"
+    )
+    scaip_trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --tls: do not verify the receiver's certificate (testing only)",
+    )
     mqtt = sim_sub.add_parser("mqtt", help="an MQTT device event, or a staff app's answer")
     mqtt.add_argument("--broker", default="127.0.0.1:1883", help="host:port")
     mqtt.add_argument("--username")
@@ -258,7 +271,27 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
 def _simulate_scaip(args: argparse.Namespace) -> int:
     from alarmd.sim import scaip as sim_scaip
 
-    port = args.port or _run_info(args.data_dir).get("scaip_port") or 5060
+    if (args.ca is not None or args.insecure) and not args.tls:
+        print("alarmctl: --ca and --insecure go with --tls", file=sys.stderr)
+        return 2
+    if args.tls:
+        port = args.port or _run_info(args.data_dir).get("scaip_tls_port") or 5061
+    else:
+        port = args.port or _run_info(args.data_dir).get("scaip_port") or 5060
+    context = None
+    if args.tls:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(
+                cafile=str(args.ca) if args.ca is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            print(f"alarmctl: cannot use --ca {args.ca}: {exc}", file=sys.stderr)
+            return 2
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     try:
         exchanges = asyncio.run(
             sim_scaip.simulate(
@@ -269,7 +302,8 @@ def _simulate_scaip(args: argparse.Namespace) -> int:
                 password=args.password,
                 dty=args.dty,
                 stc=args.stc,
-                transport="tcp" if args.tcp else "udp",
+                transport="tls" if args.tls else "tcp" if args.tcp else "udp",
+                ssl_context=context,
             )
         )
     except Exception as exc:  # one clear line for the installer at the keyboard

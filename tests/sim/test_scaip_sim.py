@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import ssl
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from alarmd import metrics
 from alarmd.clock import FakeClock
 from alarmd.intake import Intake
 from alarmd.protocols import scaip
@@ -193,6 +195,72 @@ async def test_mrs_retransmitted_over_udp_until_answered(tmp_path: Path) -> None
                 await asyncio.sleep(0.01)
             assert not receiver._client_tx
             raw.close()
+    finally:
+        await receiver.stop()
+        await store.close()
+
+
+async def _alarmctl(*args: str) -> tuple[int, str]:
+    """``alarmctl`` as the installer runs it: its own process, its own event loop."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "alarmctl"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _tls_messages_ok() -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "alarmd_sip_requests_total", {"transport": "tls", "method": "MESSAGE", "status": "200"}
+    )
+    return value or 0.0
+
+
+async def test_alarmctl_simulate_scaip_over_tls(tmp_path: Path) -> None:
+    """``alarmctl simulate scaip --tls`` against the real receiver's TLS port: with the
+    receiver's self-signed certificate as ``--ca``, with ``--insecure``, and refused (the
+    certificate does not verify, nothing stored) with neither."""
+    cert, key = self_signed(tmp_path)
+    store, receiver, _, _ = await _receiver(
+        tmp_path, tls_port=0, tls_cert=str(cert), tls_key=str(key)
+    )
+    before = _tls_messages_ok()
+    try:
+        assert receiver.tls_port
+        common = [
+            "--data-dir",
+            str(tmp_path),
+            "simulate",
+            "scaip",
+            "--port",
+            str(receiver.tls_port),
+            "--cid",
+            "4243",
+            "--user",
+            "dev",
+            "--password",
+            "pw",
+            "--tls",
+        ]
+        code, out = await _alarmctl(*common, "--ca", str(cert))
+        assert code == 0, out
+        assert "200 OK; <mrs snu=0>" in out
+        assert _stored(store) == 1
+        code, out = await _alarmctl(*common, "--insecure", "--dty", "5", "--stc", "9")
+        assert code == 0, out
+        assert "<mrs snu=0>" in out
+        assert _stored(store) == 2
+        code, out = await _alarmctl(*common)  # the system's CAs do not know this certificate
+        assert code == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in out
+        assert _stored(store) == 2
+        code, out = await _alarmctl(*common[:-1], "--ca", str(cert))  # --ca without --tls
+        assert code == 2 and "--tls" in out
+        # both alarms came over TLS connections (the 200s counted under transport "tls")
+        assert _tls_messages_ok() - before == 2
     finally:
         await receiver.stop()
         await store.close()
