@@ -495,7 +495,14 @@ async def test_sipsak_scaip_message(
     stack: Stack, tmp_path: Path, transport: str, user: str
 ) -> None:
     """sipsak sends the MESSAGE (answering the Digest challenge itself); the event is
-    stored and answered 200 only after the commit; with mrs_in_200 sipsak sees the <mrs>."""
+    stored and answered 200 only after the commit; with mrs_in_200 sipsak sees the <mrs>.
+
+    The separate <mrs> MESSAGE cannot be shown to sipsak (0.9.8.1): with ``-f`` (the only
+    way to send a SCAIP body) it ends at the first final response; its only mode that
+    waits for a MESSAGE (``-M`` without ``-B``) sends its own hard-coded ``text/plain``
+    MESSAGE and expects that one back before any final response, and on Debian it dies
+    with SIGSEGV before sending anything (with or without ``-U``/``-B``). It has no
+    listen-only option. The separate MESSAGE is shown with the simulator instead."""
     body = "<mrq><ref>SK1</ref><cid>123456</cid><dty>5</dty><stc>9</stc></mrq>"
     message = (
         f"MESSAGE sip:127.0.0.1:{stack.port} SIP/2.0\r\n"
