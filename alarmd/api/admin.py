@@ -19,7 +19,8 @@ from alarmd.clock import SystemClock
 from alarmd.store import tokens
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-_PERSON = re.compile(r"(staff|contact):[0-9]{1,18}")
+# a staff member or next of kin acts as themselves; a supplier's token speaks for its supplier
+_PERSON = re.compile(r"(staff|contact):[0-9]{1,18}|supplier:[a-z0-9][a-z0-9-]{0,62}")
 TENANT_ADMIN_MAY_ISSUE = frozenset({"home_care", "supplier"})
 
 
@@ -58,7 +59,9 @@ async def create_token(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "tenants: a non-empty list of tenant ids, or null")
     person = data.get("person")
     if person is not None and (not isinstance(person, str) or not _PERSON.fullmatch(person)):
-        raise ApiError(400, "bad_request", "person: 'staff:<id>' or 'contact:<id>'")
+        raise ApiError(
+            400, "bad_request", "person: 'staff:<id>', 'contact:<id>' or 'supplier:<slug>'"
+        )
     if info.role == "tenant_admin":
         if role not in TENANT_ADMIN_MAY_ISSUE:
             raise ApiError(403, "forbidden", "a tenant admin issues only home_care/supplier tokens")

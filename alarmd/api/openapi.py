@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from alarmd import __version__
+from alarmd.api.casework import openapi_paths
 
 _ERROR = {
     "description": "an error, as JSON: {error, message}",
@@ -153,6 +154,8 @@ PATHS: dict[str, dict[str, Any]] = {
         ),
     },
 }
+
+PATHS.update(openapi_paths(_op, _path))  # case management (issue 9)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -14,7 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,8 @@ class ApiContext:
     # called after a directory import that changed something
     directory_changed: Callable[[], Awaitable[None]] | None = None
     case_hub: CaseHub | None = None  # live updates (api/stream.py)
+    # case management: how long personal data is kept after the last device is off the wall
+    retention: timedelta = timedelta(days=90)
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
@@ -203,6 +205,7 @@ def create_app(context: ApiContext) -> web.Application:
     # imported here: the route modules use this module's CONTEXT, TOKEN_KEY and ApiError
     from alarmd.api import admin as admin_api
     from alarmd.api import cases as cases_api
+    from alarmd.api import casework as casework_api
     from alarmd.api import directory as directory_api
     from alarmd.api import openapi as openapi_api
     from alarmd.api import stream as stream_api
@@ -212,6 +215,7 @@ def create_app(context: ApiContext) -> web.Application:
     stream_api.add_routes(app)
     cases_api.add_routes(app)
     directory_api.add_routes(app)
+    casework_api.add_routes(app)
     if context.advance_clock is not None:
         app.router.add_post("/api/v1/debug/clock", advance_clock)
     return app

@@ -46,22 +46,32 @@ def _channels(text: str | None) -> Mapping[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class DeviceLink:
-    """A registered device: its tenant and, if linked, its user."""
+    """A registered device: its tenant and, if it routes by a user's plan, that user."""
 
     device_id: int
     tenant: str
     user_id: int | None
     device_type: str
+    status: str = "active"
 
 
 def find_device(conn: sqlite3.Connection, protocol: str, identity: str) -> DeviceLink | None:
+    """The device and the user whose plan its alarms follow. A device that is not on the wall
+    (in stock, ordered, removed: see ``admin/lifecycle.py``) or whose user is inactive (need
+    ended, stay in hospital) has no user here: its alarms still reach the centre, routed as
+    from a source without a user, never dropped."""
     row = conn.execute(
-        "SELECT id, tenant, user_id, device_type FROM devices WHERE protocol = ? AND identity = ?",
+        "SELECT d.id, d.tenant, CASE WHEN d.status IN ('installed', 'active', 'faulty')"
+        " AND u.active = 1 THEN d.user_id END, d.device_type, d.status"
+        " FROM devices d LEFT JOIN service_users u ON u.id = d.user_id"
+        " WHERE d.protocol = ? AND d.identity = ?",
         (protocol, identity),
     ).fetchone()
     if row is None:
         return None
-    return DeviceLink(device_id=row[0], tenant=row[1], user_id=row[2], device_type=row[3])
+    return DeviceLink(
+        device_id=row[0], tenant=row[1], user_id=row[2], device_type=row[3], status=row[4]
+    )
 
 
 @dataclass(frozen=True, slots=True)
