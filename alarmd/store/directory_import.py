@@ -141,9 +141,17 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, TypeAlias, get_args
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, get_args
 
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from alarmd.config import (
     ConfigError,
@@ -159,26 +167,34 @@ from alarmd.config import (
 )
 from alarmd.routing.decision import Location, Mode
 from alarmd.store.db import iso
+from alarmd.store.directory import record_plan_version
 
 __all__ = [
     "CHANNELS",
+    "DEVICE_KEEPABLE",
     "DEVICE_PROTOCOLS",
+    "DEVICE_STATUSES",
     "KEEPABLE",
     "STAFF_ROLES",
     "ContactData",
     "Counts",
     "DeviceData",
     "DeviceProtocol",
+    "DeviceStatus",
     "DirectoryData",
+    "DryRun",
     "Format",
     "ImportConflict",
     "ImportSummary",
     "PlanData",
     "StaffData",
+    "SupplierData",
     "TeamData",
     "TenantData",
     "UserData",
     "Where",
+    "check_directory_bytes",
+    "dry_run_job",
     "import_job",
     "normalise_identity",
     "normalise_phone",
@@ -189,6 +205,11 @@ __all__ = [
 
 DeviceProtocol: TypeAlias = Literal["dc09", "scaip", "mqtt", "sms"]
 DEVICE_PROTOCOLS: tuple[DeviceProtocol, ...] = get_args(DeviceProtocol)
+DeviceStatus: TypeAlias = Literal["in_stock", "ordered", "installed", "active", "faulty", "removed"]
+DEVICE_STATUSES: tuple[DeviceStatus, ...] = get_args(DeviceStatus)
+# The device fields a source may leave unmanaged (``DeviceData.keep``): a stored device keeps
+# what it has, a new one gets the default (no serial, no supplier, status ``active``).
+DEVICE_KEEPABLE = frozenset({"serial", "supplier", "status"})
 StaffRole: TypeAlias = Literal["home_care", "care_home", "supplier"]
 STAFF_ROLES: tuple[StaffRole, ...] = get_args(StaffRole)
 CHANNELS = ("sms", "mqtt", "webhook")  # a person's channels; the console is the operators'
@@ -225,6 +246,22 @@ class DeviceData:
     device_type: str = ""
     group: int = 1  # 1: through the safety alarm (hub); 3: standalone
     supervision_s: int | None = None
+    serial: str = ""
+    supplier: str | None = None  # a supplier id: stored, or in the file's ``suppliers``
+    status: DeviceStatus = "active"
+    keep: frozenset[str] = frozenset()  # fields (of DEVICE_KEEPABLE) the source does not manage
+    where: Where | None = field(default=None, compare=False)
+    supplier_where: Where | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SupplierData:
+    """A supplier (tenant-independent): the company that installs and maintains devices."""
+
+    id: str
+    name: str
+    email: str = ""
+    phone: str = ""
     where: Where | None = field(default=None, compare=False)
 
 
@@ -320,6 +357,7 @@ class DirectoryData:
     source: str
     format: Format
     tenants: tuple[TenantData, ...]
+    suppliers: tuple[SupplierData, ...] = ()  # YAML only
 
     @property
     def tenant_ids(self) -> tuple[str, ...]:
@@ -356,6 +394,7 @@ class ImportSummary:
     devices: Counts = field(default_factory=Counts)
     plans: Counts = field(default_factory=Counts)
     contacts: Counts = field(default_factory=Counts)
+    suppliers: Counts = field(default_factory=Counts)
 
     def _all(self) -> dict[str, Counts]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -371,8 +410,21 @@ class ImportSummary:
 
 
 class ImportConflict(ConfigError):
-    """A valid file that does not fit what is stored (a device of another tenant, a team or
-    staff member that does not exist); nothing of the file was written."""
+    """A valid file that does not fit what is stored (a device of another tenant, a team,
+    staff member or supplier that does not exist); nothing of the file was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What an import would do (``summary``), or every problem that stops it (``problems``:
+    the file's own and its conflicts with what is stored, in file order)."""
+
+    summary: ImportSummary | None
+    problems: tuple[ConfigProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 # --- value checks (shared by both formats) -----------------------------------------------------
@@ -485,6 +537,8 @@ def _one_of(text: str, choices: Sequence[str], what: str) -> str:
 
 # --- YAML ----------------------------------------------------------------------------------------
 
+_SectionT = TypeVar("_SectionT", bound=_Section)
+
 
 def _check(fn: Callable[[str], str]) -> AfterValidator:
     """A pydantic after-validator from a value check (its ValueError text kept as is)."""
@@ -532,6 +586,13 @@ class _DeviceIn(_Section):
     type: Annotated[str, _check(_optional_slug)] = ""
     group: Annotated[StrictInt, AfterValidator(_device_group)] = 1
     supervision_s: Annotated[StrictInt, Field(gt=0)] | None = None
+    # Left out: a stored device keeps its own (see DEVICE_KEEPABLE); given: the file's.
+    serial: Text = ""
+    supplier: Slug | None = None
+    status: DeviceStatus = "active"
+
+    def keep(self) -> frozenset[str]:
+        return DEVICE_KEEPABLE - self.model_fields_set
 
     @field_validator("identity")
     @classmethod
@@ -597,7 +658,15 @@ class _TenantIn(_Section):
     users: tuple[_UserIn, ...] = ()
 
 
+class _SupplierIn(_Section):
+    id: Slug
+    name: Name
+    email: Text = ""
+    phone: OptionalPhone = ""
+
+
 class _DirectoryFile(_Section):
+    suppliers: tuple[_SupplierIn, ...] = ()
     tenants: tuple[_TenantIn, ...]
 
 
@@ -641,6 +710,11 @@ def _yaml_cross_checks(doc: _Document) -> list[ConfigProblem]:
     tenants = _entries(data.get("tenants") if isinstance(data, dict) else None)
     tenant_ids = _FirstSeen(doc, problems)
     devices = _FirstSeen(doc, problems)
+    supplier_ids = _FirstSeen(doc, problems)
+    for si, supplier in _entries(data.get("suppliers") if isinstance(data, dict) else None):
+        sid = supplier.get("id")
+        if isinstance(sid, str):
+            supplier_ids.add(sid, ("suppliers", si, "id"), f"supplier {sid!r}")
     for ti, tenant in tenants:
         tid = tenant.get("id")
         here: tuple[Any, ...] = ("tenants", ti)
@@ -704,9 +778,15 @@ def _where(doc: _Document, loc: tuple[Any, ...]) -> Where:
     return Where(doc.file, line, col, _render_loc(loc))
 
 
-def _from_yaml(doc: _Document, parsed: _DirectoryFile) -> DirectoryData:
+def _from_yaml(
+    doc: _Document,
+    parsed_tenants: Sequence[tuple[int, _TenantIn, Sequence[int]]],
+    parsed_suppliers: Sequence[tuple[int, _SupplierIn]],
+) -> DirectoryData:
+    """The data model of validated entries; each tenant comes with the file index of each
+    of its users (all of them, or only the valid ones for a dry run's partial data)."""
     tenants = []
-    for ti, t in enumerate(parsed.tenants):
+    for ti, t, user_index in parsed_tenants:
         here: tuple[Any, ...] = ("tenants", ti)
         teams = None
         if t.teams is not None:
@@ -737,7 +817,7 @@ def _from_yaml(doc: _Document, parsed: _DirectoryFile) -> DirectoryData:
                 for i, s in enumerate(t.staff)
             )
         users = []
-        for ui, u in enumerate(t.users):
+        for ui, u in zip(user_index, t.users, strict=True):
             at = (*here, "users", ui)
             users.append(
                 UserData(
@@ -758,7 +838,12 @@ def _from_yaml(doc: _Document, parsed: _DirectoryFile) -> DirectoryData:
                             device_type=d.type,
                             group=d.group,
                             supervision_s=d.supervision_s,
+                            serial=d.serial,
+                            supplier=d.supplier,
+                            status=d.status,
+                            keep=d.keep(),
                             where=_where(doc, (*at, "devices", di, "identity")),
+                            supplier_where=_where(doc, (*at, "devices", di, "supplier")),
                         )
                         for di, d in enumerate(u.devices)
                     ),
@@ -792,19 +877,55 @@ def _from_yaml(doc: _Document, parsed: _DirectoryFile) -> DirectoryData:
                 where=_where(doc, here),
             )
         )
-    return DirectoryData(source=doc.file, format="yaml", tenants=tuple(tenants))
+    suppliers = tuple(
+        SupplierData(
+            id=s.id, name=s.name, email=s.email, phone=s.phone, where=_where(doc, ("suppliers", i))
+        )
+        for i, s in parsed_suppliers
+    )
+    return DirectoryData(
+        source=doc.file, format="yaml", tenants=tuple(tenants), suppliers=suppliers
+    )
 
 
-def _parse_yaml(raw: bytes, filename: str) -> DirectoryData:
+def _valid(model: type[_SectionT], raw: Any) -> _SectionT | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _partial_yaml(doc: _Document) -> DirectoryData:
+    """The valid entries of a file that has problems: each supplier and user that validates
+    on its own, in the tenants whose other parts (name, staff, teams) validate. A dry run
+    checks these against the database, so that one run reports the file's problems and its
+    conflicts together."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    suppliers = [
+        (i, s) for i, raw in _entries(data.get("suppliers")) if (s := _valid(_SupplierIn, raw))
+    ]
+    tenants: list[tuple[int, _TenantIn, Sequence[int]]] = []
+    for ti, raw in _entries(data.get("tenants")):
+        users = [(ui, u) for ui, user in _entries(raw.get("users")) if (u := _valid(_UserIn, user))]
+        tenant = _valid(_TenantIn, {k: v for k, v in raw.items() if k != "users"})
+        if tenant is not None:
+            tenant = tenant.model_copy(update={"users": tuple(u for _, u in users)})
+            tenants.append((ti, tenant, [ui for ui, _ in users]))
+    return _from_yaml(doc, tenants, suppliers)
+
+
+def _parse_yaml(raw: bytes, filename: str) -> tuple[DirectoryData, list[ConfigProblem]]:
+    """The file's data and its problems; with problems, the data is its valid part."""
     problems: list[ConfigProblem] = []
     doc = _parse(filename, raw, problems)
     if doc is None:
-        raise ConfigError(problems)
+        return DirectoryData(source=filename, format="yaml", tenants=()), problems
     parsed = _validate(_DirectoryFile, doc, problems)
     problems.extend(_yaml_cross_checks(doc))
     if problems or parsed is None:
-        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.col)))
-    return _from_yaml(doc, parsed)
+        return _partial_yaml(doc), sorted(problems, key=lambda p: (p.line, p.col))
+    tenants = [(ti, t, range(len(t.users))) for ti, t in enumerate(parsed.tenants)]
+    return _from_yaml(doc, tenants, list(enumerate(parsed.suppliers))), []
 
 
 # --- CSV -----------------------------------------------------------------------------------------
@@ -828,7 +949,16 @@ _DEVICE_COLUMNS = (
     "device_type",
     "device_group",
     "device_supervision_s",
+    "device_serial",
+    "device_supplier",
+    "device_status",
 )
+# The CSV column of each DEVICE_KEEPABLE field.
+_DEVICE_KEEP_COLUMNS = {
+    "serial": "device_serial",
+    "supplier": "device_supplier",
+    "status": "device_status",
+}
 _CONTACT_FIELDS = ("name", "phone", "relation", "has_key", "sms")
 _CONTACT_RE = re.compile(r"contact([1-9][0-9]?)_([a-z_]+)")
 _REQUIRED_COLUMNS = ("tenant", "ref", "first_name", "last_name")
@@ -892,14 +1022,14 @@ class _CsvParser:
             self.report(row.line, column, str(exc))
             return None
 
-    def parse(self) -> DirectoryData:
+    def parse(self) -> tuple[DirectoryData, list[ConfigProblem]]:
+        """The file's users and its problems; with problems, the users of the valid rows."""
         rows = self._records()
         users: dict[tuple[str, str], tuple[int, dict[str, Any], list[DeviceData]]] = {}
         devices_seen: dict[tuple[str, str], int] = {}
         for row in rows:
             self._row(row, users, devices_seen)
-        if self.problems:
-            raise ConfigError(sorted(self.problems, key=lambda p: (p.line, p.col)))
+        problems = sorted(self.problems, key=lambda p: (p.line, p.col))
         keep = frozenset(c for c in _MANAGED_BY_COLUMN if c not in self.columns)
         if "device_protocol" not in self.columns:
             keep |= {"devices"}
@@ -910,11 +1040,12 @@ class _CsvParser:
             tenants.setdefault(tenant, []).append(
                 UserData(devices=tuple(devices), keep=keep, **values)
             )
-        return DirectoryData(
+        data = DirectoryData(
             source=self.file,
             format="csv",
             tenants=tuple(TenantData(id=t, users=tuple(u)) for t, u in tenants.items()),
         )
+        return data, problems
 
     def _records(self) -> list[_CsvRow]:
         # Comment lines are blanked, not removed, so that line numbers stay the file's.
@@ -1176,15 +1307,42 @@ class _CsvParser:
         supervision = None
         if cells.get("device_supervision_s"):
             supervision = self.value(row, "device_supervision_s", _positive_int)
-        if identity is None or device_type is None or group is None:
+        serial = cells.get("device_serial", "")
+        supplier = None
+        if cells.get("device_supplier"):
+            supplier = self.value(row, "device_supplier", _slug)
+        status: Any = "active"
+        if cells.get("device_status"):
+            status = self.value(
+                row, "device_status", lambda v: _one_of(v.lower(), DEVICE_STATUSES, "status")
+            )
+        if (
+            identity is None
+            or device_type is None
+            or group is None
+            or (cells.get("device_supplier") and supplier is None)
+            or status is None
+        ):
             return None
+        # An absent column leaves the field alone; so does an empty status cell (a device
+        # always has a status), while an empty serial or supplier cell clears it.
+        keep = frozenset(
+            name
+            for name, column in _DEVICE_KEEP_COLUMNS.items()
+            if column not in self.columns or (name == "status" and not cells[column])
+        )
         return DeviceData(
             protocol=protocol,
             identity=identity,
             device_type=device_type,
             group=group,
             supervision_s=supervision,
+            serial=serial,
+            supplier=supplier,
+            status=status,
+            keep=keep,
             where=self.at(row.line, "device_identity"),
+            supplier_where=self.at(row.line, "device_supplier"),
         )
 
 
@@ -1208,8 +1366,7 @@ def _decode(raw: bytes, filename: str) -> str:
         ) from None
 
 
-def parse_directory_text(text: str, filename: str, fmt: Format) -> DirectoryData:
-    """Parse a directory file's text; raise ``ConfigError`` listing every problem."""
+def _check_text(text: str, filename: str, fmt: Format) -> tuple[DirectoryData, list[ConfigProblem]]:
     if fmt == "yaml":
         return _parse_yaml(text.encode("utf-8"), filename)
     if fmt == "csv":
@@ -1217,9 +1374,30 @@ def parse_directory_text(text: str, filename: str, fmt: Format) -> DirectoryData
     raise ValueError(f"unknown directory format {fmt!r}")
 
 
+def parse_directory_text(text: str, filename: str, fmt: Format) -> DirectoryData:
+    """Parse a directory file's text; raise ``ConfigError`` listing every problem."""
+    data, problems = _check_text(text, filename, fmt)
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
 def parse_directory_bytes(data: bytes, filename: str, fmt: Format) -> DirectoryData:
     """Parse a directory file's bytes (UTF-8, with or without a BOM)."""
     return parse_directory_text(_decode(data, filename), filename, fmt)
+
+
+def check_directory_bytes(
+    data: bytes, filename: str, fmt: Format
+) -> tuple[DirectoryData, list[ConfigProblem]]:
+    """Parse for a dry run: every problem of the file, and the data of its valid entries
+    (every entry when there is no problem), so that ``dry_run_job`` can check those
+    against the database too. Never raises for the file's content."""
+    try:
+        text = _decode(data, filename)
+    except ConfigError as exc:
+        return DirectoryData(source=filename, format=fmt, tenants=()), list(exc.problems)
+    return _check_text(text, filename, fmt)
 
 
 _SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
@@ -1290,35 +1468,53 @@ _PLAN_DEFAULTS: dict[str, Any] = {
 
 
 _DEVICES_BY_IDENTITY = (
-    "SELECT protocol, identity, id, tenant, user_id, device_type, device_group, supervision_s"
-    " FROM devices WHERE protocol = ? AND identity IN "
+    "SELECT protocol, identity, id, tenant, user_id, device_type, device_group, supervision_s,"
+    " serial, supplier, status FROM devices WHERE protocol = ? AND identity IN "
 )
+# The devices columns an import writes, after user_id (see _Importer._devices).
+_DEVICE_FIELDS = ("device_type", "device_group", "supervision_s", "serial", "supplier", "status")
+_DEVICE_DEFAULTS: dict[str, Any] = {"serial": "", "supplier": None, "status": "active"}
 
 
 class _Importer:
-    def __init__(self, conn: sqlite3.Connection, data: DirectoryData, now: str, actor: str):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        data: DirectoryData,
+        now: str,
+        actor: str,
+        *,
+        may_change_suppliers: bool = True,
+    ):
         self.conn = conn
         self.data = data
         self.now = now
         self.actor = actor
+        self.may_change_suppliers = may_change_suppliers
         self.summary = ImportSummary()
         self.file_devices = {
             (d.protocol, d.identity) for t in data.tenants for u in t.users for d in u.devices
         }
         # What is stored, read in a few queries rather than a few per user: an import of a
         # whole municipality runs on the writer, and the writer runs on the event loop.
-        # devices: (protocol, identity) -> (id, tenant, user_id, type, group, supervision_s)
+        # devices: (protocol, identity) -> (id, tenant, user_id, *_DEVICE_FIELDS)
         self.devices: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.users: dict[str, tuple[Any, ...]] = {}  # ref -> (id, *_USER_FIELDS)
         self.plans: dict[int, tuple[Any, ...]] = {}  # user_id -> _PLAN_FIELDS
         self.contacts: dict[int, list[tuple[Any, ...]]] = {}  # user_id -> rows by position
         self.linked: dict[int, list[tuple[Any, ...]]] = {}  # user_id -> (id, protocol, identity)
 
-    def run(self) -> ImportSummary:
+    def check(self) -> list[ConfigProblem]:
+        """Every conflict of the file with what is stored; nothing is written."""
         self._load_devices()
-        conflicts = self._conflicts()
+        return sorted(self._conflicts(), key=lambda p: (p.file, p.line, p.col))
+
+    def run(self) -> ImportSummary:
+        conflicts = self.check()
         if conflicts:
-            raise ImportConflict(sorted(conflicts, key=lambda p: (p.file, p.line, p.col)))
+            raise ImportConflict(conflicts)
+        for supplier in self.data.suppliers:
+            self._supplier(supplier)
         for tenant in self.data.tenants:
             self._tenant(tenant)
             if tenant.staff is not None:
@@ -1386,10 +1582,41 @@ class _Importer:
         """What the file refers to but the database refuses, all of it, before any write."""
         problems = []
         source = self.data.source
+        stored_suppliers = {
+            row[0]: tuple(row[1:])
+            for row in self.conn.execute("SELECT id, name, email, phone FROM suppliers")
+        }
+        for supplier in self.data.suppliers:
+            stored = stored_suppliers.get(supplier.id)
+            wanted = (supplier.name, supplier.email, supplier.phone)
+            if stored is not None and stored != wanted and not self.may_change_suppliers:
+                problems.append(
+                    _problem_at(
+                        supplier.where,
+                        source,
+                        f"supplier {supplier.id!r} is stored with other details; a supplier"
+                        " serves several municipalities, so only an admin may change it",
+                    )
+                )
+        known_suppliers = stored_suppliers.keys() | {s.id for s in self.data.suppliers}
         for tenant in self.data.tenants:
             for user in tenant.users:
                 if "devices" not in user.keep:
                     for device in user.devices:
+                        if (
+                            device.supplier is not None
+                            and "supplier" not in device.keep
+                            and device.supplier not in known_suppliers
+                        ):
+                            problems.append(
+                                _problem_at(
+                                    device.supplier_where,
+                                    source,
+                                    f"no supplier {device.supplier!r} is stored or given in"
+                                    " the file's suppliers"
+                                    + _hint(device.supplier, known_suppliers),
+                                )
+                            )
                         row = self.devices.get((device.protocol, device.identity))
                         if row is not None and row[1] != tenant.id:
                             # The other tenant is not named: a tenant admin must not learn it.
@@ -1447,6 +1674,25 @@ class _Importer:
         if len(team.member_where) == len(team.members):
             return team.member_where
         return (team.where,) * len(team.members)
+
+    def _supplier(self, supplier: SupplierData) -> None:
+        row = self._one("SELECT name, email, phone FROM suppliers WHERE id = ?", (supplier.id,))
+        counts = self.summary.suppliers
+        values = (supplier.name, supplier.email, supplier.phone)
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO suppliers (id, name, email, phone, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (supplier.id, *values, self.now),
+            )
+            counts.created += 1
+        elif tuple(row) != values:
+            self.conn.execute(
+                "UPDATE suppliers SET name = ?, email = ?, phone = ?, updated_at = ? WHERE id = ?",
+                (*values, self.now, supplier.id),
+            )
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
 
     def _tenant(self, tenant: TenantData) -> None:
         row = self._one("SELECT name FROM tenants WHERE id = ?", (tenant.id,))
@@ -1589,20 +1835,40 @@ class _Importer:
         counts = self.summary.devices
         for device in user.devices:
             row = self.devices.get((device.protocol, device.identity))
-            values = (user_id, device.device_type, device.group, device.supervision_s)
-            if row is None:
+            stored = dict(zip(_DEVICE_FIELDS, row[3:], strict=True)) if row is not None else None
+            wanted: dict[str, Any] = {
+                "device_type": device.device_type,
+                "device_group": device.group,
+                "supervision_s": device.supervision_s,
+                "serial": device.serial,
+                "supplier": device.supplier,
+                "status": device.status,
+            }
+            for name in device.keep:
+                wanted[name] = stored[name] if stored is not None else _DEVICE_DEFAULTS[name]
+            if row is None or stored is None:
                 self.conn.execute(
                     "INSERT INTO devices (tenant, user_id, device_type, device_group,"
-                    " supervision_s, protocol, identity, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (user.tenant, *values, device.protocol, device.identity, self.now),
+                    " supervision_s, serial, supplier, status, status_at, protocol, identity,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        user.tenant,
+                        user_id,
+                        *wanted.values(),
+                        self.now,
+                        device.protocol,
+                        device.identity,
+                        self.now,
+                    ),
                 )
                 counts.created += 1
-            elif tuple(row[2:]) != values:
+            elif (row[2], stored) != (user_id, wanted):
+                status_at = self.now if stored["status"] != wanted["status"] else None
                 self.conn.execute(
                     "UPDATE devices SET user_id = ?, device_type = ?, device_group = ?,"
-                    " supervision_s = ?, updated_at = ? WHERE id = ?",
-                    (*values, self.now, row[0]),
+                    " supervision_s = ?, serial = ?, supplier = ?, status = ?,"
+                    " status_at = coalesce(?, status_at), updated_at = ? WHERE id = ?",
+                    (user_id, *wanted.values(), status_at, self.now, row[0]),
                 )
                 counts.updated += 1
             else:
@@ -1693,6 +1959,7 @@ class _Importer:
                 (user_id, *wanted.values(), self.now, self.actor),
             )
             counts.created += 1
+            record_plan_version(self.conn, user_id, self.now, self.actor, "created")
         elif wanted != stored or contacts_changed:
             self.conn.execute(
                 "UPDATE response_plans SET version = version + 1, instructions = ?,"
@@ -1701,26 +1968,35 @@ class _Importer:
                 (*wanted.values(), self.now, self.actor, user_id),
             )
             counts.updated += 1
+            changed = [name for name in _PLAN_FIELDS if wanted[name] != stored[name]]
+            if contacts_changed:
+                changed.append("contacts")
+            record_plan_version(self.conn, user_id, self.now, self.actor, ", ".join(changed))
         else:
             counts.unchanged += 1
 
 
 def import_job(
-    data: DirectoryData, now: datetime, actor: str
+    data: DirectoryData, now: datetime, actor: str, *, may_change_suppliers: bool = True
 ) -> Callable[[sqlite3.Connection], ImportSummary]:
     """A writer job that imports ``data`` in one transaction and returns what it did.
 
-    ``actor`` is recorded as the plans' ``updated_by``. The job is atomic on its own (a
-    savepoint), so it may also run on a connection outside the writer; it raises
-    ``ImportConflict`` listing every conflict with the stored directory, having written
-    nothing.
+    ``actor`` is recorded as the plans' ``updated_by`` and in their kept versions
+    (``response_plan_versions``). The job is atomic on its own (a savepoint), so it may also
+    run on a connection outside the writer; it raises ``ImportConflict`` listing every
+    conflict with the stored directory, having written nothing. Without
+    ``may_change_suppliers`` (a tenant admin's import), a supplier of the file that is
+    stored with other details is a conflict: suppliers are shared by the municipalities.
     """
     stamp = iso(now)
 
     def job(conn: sqlite3.Connection) -> ImportSummary:
         conn.execute("SAVEPOINT directory_import")
         try:
-            summary = _Importer(conn, data, stamp, actor).run()
+            importer = _Importer(
+                conn, data, stamp, actor, may_change_suppliers=may_change_suppliers
+            )
+            summary = importer.run()
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK TO directory_import")
@@ -1728,5 +2004,44 @@ def import_job(
             raise
         conn.execute("RELEASE directory_import")
         return summary
+
+    return job
+
+
+def dry_run_job(
+    data: DirectoryData,
+    problems: Sequence[ConfigProblem],
+    now: datetime,
+    actor: str,
+    *,
+    may_change_suppliers: bool = True,
+) -> Callable[[sqlite3.Connection], DryRun]:
+    """A writer job that runs the import of ``data`` and always rolls it back: it changes
+    nothing, and says what the import would do or why it cannot.
+
+    ``data`` and ``problems`` come from ``check_directory_bytes``: with parse problems,
+    ``data`` is the file's valid part, which is still checked against the database, so
+    that the answer lists the file's problems and its conflicts together, in file order.
+    """
+    stamp = iso(now)
+
+    def job(conn: sqlite3.Connection) -> DryRun:
+        conn.execute("SAVEPOINT directory_dry_run")
+        try:
+            importer = _Importer(
+                conn, data, stamp, actor, may_change_suppliers=may_change_suppliers
+            )
+            found = [*problems, *importer.check()]
+            summary = None
+            if not found:
+                summary = _Importer(
+                    conn, data, stamp, actor, may_change_suppliers=may_change_suppliers
+                ).run()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK TO directory_dry_run")
+                conn.execute("RELEASE directory_dry_run")
+        unique = sorted(set(found), key=lambda p: (p.file, p.line, p.col, p.message))
+        return DryRun(summary=summary, problems=tuple(unique))
 
     return job

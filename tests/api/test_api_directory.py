@@ -111,7 +111,7 @@ async def test_admin_imports_the_example_files(env: Env) -> None:
     body = await response.json()
     assert body["changed"] is False
     counts = [v for k, v in body.items() if k not in ("changed", "source", "format")]
-    assert len(counts) == 7
+    assert len(counts) == 8
     assert all(c["created"] == c["updated"] == c["removed"] == 0 for c in counts)
 
 

@@ -163,6 +163,7 @@ async def test_example_files_import_and_reimport_changes_nothing(store: Store) -
         "devices": (8, 0, 0),
         "plans": (5, 0, 0),
         "contacts": (5, 0, 0),
+        "suppliers": (0, 0, 0),
     }
     csv_summary = await run(store, parse_directory(EXAMPLE_CSV))
     assert created_updated(csv_summary)["users"] == (3, 0, 0)
@@ -234,7 +235,7 @@ def test_unknown_keys_with_hints() -> None:
         f"{f}:6:9: tenants[0].users[0].first_name: required key is missing",
         f"{f}:7:9: tenants[0].users[0].first_nme: unknown key; did you mean 'first_name'?",
         f"{f}:10:48: tenants[0].users[0].devices[0].colour: unknown key; expected one of:"
-        " protocol, identity, type, group, supervision_s",
+        " protocol, identity, type, group, supervision_s, serial, supplier, status",
         f"{f}:12:45: tenants[0].users[0].contacts[0].channels.smss: unknown key;"
         " did you mean 'sms'?",
         f"{f}:13:5: tenants[0].teamz: unknown key; did you mean 'teams'?",
@@ -318,7 +319,7 @@ def test_yaml_syntax_error() -> None:
 def test_tenants_key_is_required() -> None:
     assert text_problems("users: []\n") == [
         "d.yaml:1:1: tenants: required key is missing",
-        "d.yaml:1:1: users: unknown key; expected one of: tenants",
+        "d.yaml:1:1: users: unknown key; expected one of: suppliers, tenants",
     ]
 
 
@@ -668,6 +669,7 @@ async def test_csv_absent_columns_keep_what_is_stored(store: Store) -> None:
         "devices": (0, 0, 0),  # no device columns: the user's devices are left alone
         "plans": (0, 0, 0),  # no plan columns: the key box stays
         "contacts": (0, 0, 0),
+        "suppliers": (0, 0, 0),
     }
     assert await rows(
         store,
@@ -721,6 +723,7 @@ async def test_summary_json(store: Store) -> None:
         "devices",
         "plans",
         "contacts",
+        "suppliers",
     }
 
 
