@@ -195,6 +195,7 @@ __all__ = [
     "Where",
     "check_directory_bytes",
     "dry_run_job",
+    "export_job",
     "import_job",
     "normalise_identity",
     "normalise_phone",
@@ -2043,5 +2044,261 @@ def dry_run_job(
                 conn.execute("RELEASE directory_dry_run")
         unique = sorted(set(found), key=lambda p: (p.file, p.line, p.col, p.message))
         return DryRun(summary=summary, problems=tuple(unique))
+
+    return job
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def _q(value: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is a subset of YAML's)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _q_or_null(value: str | None) -> str:
+    return "null" if value is None else _q(value)
+
+
+def _flow(items: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{k}: {_q(v)}" for k, v in sorted(items.items())) + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Export:
+    """One tenant as stored: what an export writes (never an erased user)."""
+
+    tenant: tuple[str, str]  # id, name
+    suppliers: list[tuple[str, str, str, str]]  # id, name, email, phone
+    staff: list[tuple[Any, ...]]  # ref, name, role, channels, active
+    teams: list[tuple[str, str, list[str]]]  # ref, name, member refs in order
+    users: list[tuple[Any, ...]]  # id, ref, first_name, ... (_USER_FIELDS)
+    devices: dict[int, list[tuple[Any, ...]]]  # user id -> protocol, identity, *_DEVICE_FIELDS
+    plans: dict[int, tuple[Any, ...]]  # user id -> _PLAN_FIELDS
+    contacts: dict[int, list[tuple[Any, ...]]]  # user id -> name, relation, phone, has_key, ch
+
+
+def _read_export(conn: sqlite3.Connection, tenant: str) -> _Export | None:
+    row = conn.execute("SELECT id, name FROM tenants WHERE id = ?", (tenant,)).fetchone()
+    if row is None:
+        return None
+    users = [
+        tuple(r)
+        for r in conn.execute(
+            f"SELECT id, ref, {', '.join(_USER_FIELDS)} FROM service_users"  # noqa: S608
+            " WHERE tenant = ? AND erased_at IS NULL ORDER BY id",
+            (tenant,),
+        )
+    ]
+    live = {u[0] for u in users}
+    devices: dict[int, list[tuple[Any, ...]]] = {}
+    for r in conn.execute(
+        f"SELECT user_id, protocol, identity, {', '.join(_DEVICE_FIELDS)} FROM devices"  # noqa: S608
+        " WHERE tenant = ? AND user_id IS NOT NULL ORDER BY id",
+        (tenant,),
+    ):
+        if r[0] in live:
+            devices.setdefault(r[0], []).append(tuple(r[1:]))
+    plans = {
+        r[0]: tuple(r[1:])
+        for r in conn.execute(
+            f"SELECT p.user_id, {', '.join(f'p.{c}' for c in _PLAN_FIELDS)}"  # noqa: S608
+            " FROM response_plans p JOIN service_users u ON u.id = p.user_id"
+            " WHERE u.tenant = ?",
+            (tenant,),
+        )
+        if r[0] in live
+    }
+    contacts: dict[int, list[tuple[Any, ...]]] = {}
+    for r in conn.execute(
+        "SELECT c.user_id, c.name, c.relation, c.phone, c.has_key, c.channels FROM contacts c"
+        " JOIN service_users u ON u.id = c.user_id WHERE u.tenant = ?"
+        " ORDER BY c.user_id, c.position",
+        (tenant,),
+    ):
+        if r[0] in live:
+            contacts.setdefault(r[0], []).append(tuple(r[1:]))
+    used = sorted({d[4] for ds in devices.values() for d in ds if d[4] is not None})
+    suppliers = [
+        (r[0], r[1], r[2], r[3])
+        for r in conn.execute(
+            f"SELECT id, name, email, phone FROM suppliers WHERE id IN"  # noqa: S608
+            f" ({', '.join('?' for _ in used)}) ORDER BY id",
+            used,
+        )
+    ]
+    staff = [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT ref, name, role, channels, active FROM staff WHERE tenant = ? ORDER BY id",
+            (tenant,),
+        )
+    ]
+    teams = []
+    for team_id, ref, name in conn.execute(
+        "SELECT id, ref, name FROM teams WHERE tenant = ? ORDER BY id", (tenant,)
+    ).fetchall():
+        members = [
+            m[0]
+            for m in conn.execute(
+                "SELECT s.ref FROM team_members m JOIN staff s ON s.id = m.staff_id"
+                " WHERE m.team_id = ? ORDER BY m.position, s.ref",
+                (team_id,),
+            )
+        ]
+        teams.append((ref, name, members))
+    return _Export((row[0], row[1]), suppliers, staff, teams, users, devices, plans, contacts)
+
+
+def _export_yaml(data: _Export) -> str:
+    tenant, name = data.tenant
+    out = [
+        f"# alarmd directory export: tenant {tenant}. It holds personal data and key box",
+        "# codes: keep it as safely as the centre keeps them. Importing it again changes",
+        "# nothing; the format is described at the top of alarmd/store/directory_import.py.",
+    ]
+    if data.suppliers:
+        out.append("suppliers:")
+        for sid, sname, email, phone in data.suppliers:
+            out.append(f"  - id: {_q(sid)}")
+            out.append(f"    name: {_q(sname)}")
+            out.append(f"    email: {_q(email)}")
+            out.append(f"    phone: {_q(phone)}")
+    out += ["tenants:", f"  - id: {_q(tenant)}", f"    name: {_q(name)}"]
+    out.append("    staff:" if data.staff else "    staff: []")
+    for ref, sname, role, channels, active in data.staff:
+        out.append(f"      - ref: {_q(ref)}")
+        out.append(f"        name: {_q(sname)}")
+        out.append(f"        role: {_q(role)}")
+        out.append(f"        channels: {_flow(_stored_channels(channels))}")
+        out.append(f"        active: {'true' if active else 'false'}")
+    out.append("    teams:" if data.teams else "    teams: []")
+    for ref, tname, members in data.teams:
+        out.append(f"      - ref: {_q(ref)}")
+        out.append(f"        name: {_q(tname)}")
+        out.append(f"        members: [{', '.join(_q(m) for m in members)}]")
+    out.append("    users:" if data.users else "    users: []")
+    for user in data.users:
+        user_id, ref = user[0], user[1]
+        values = dict(zip(_USER_FIELDS, user[2:], strict=True))
+        out.append(f"      - ref: {_q(ref)}")
+        for column, key in _USER_FIELDS.items():
+            value = values[column]
+            if key == "active":
+                out.append(f"        active: {'true' if value else 'false'}")
+            else:
+                out.append(f"        {key}: {_q_or_null(value)}")
+        devices = data.devices.get(user_id, [])
+        out.append("        devices:" if devices else "        devices: []")
+        for protocol, identity, dtype, group, supervision, serial, supplier, status in devices:
+            out.append(f"          - protocol: {_q(protocol)}")
+            out.append(f"            identity: {_q(identity)}")
+            out.append(f"            type: {_q(dtype)}")
+            out.append(f"            group: {int(group)}")
+            out.append(
+                f"            supervision_s: {'null' if supervision is None else int(supervision)}"
+            )
+            out.append(f"            serial: {_q(serial)}")
+            out.append(f"            supplier: {_q_or_null(supplier)}")
+            out.append(f"            status: {_q(status)}")
+        plan = data.plans.get(user_id)
+        if plan is not None:
+            out.append("        plan:")
+            for key, value in zip(_PLAN_FIELDS, plan, strict=True):
+                out.append(f"          {key}: {_q_or_null(value)}")
+        contacts = data.contacts.get(user_id, [])
+        out.append("        contacts:" if contacts else "        contacts: []")
+        for cname, relation, phone, has_key, channels in contacts:
+            out.append(f"          - name: {_q(cname)}")
+            out.append(f"            relation: {_q(relation)}")
+            out.append(f"            phone: {_q(phone)}")
+            out.append(f"            has_key: {'true' if has_key else 'false'}")
+            out.append(f"            channels: {_flow(_stored_channels(channels))}")
+    return "\n".join(out) + "\n"
+
+
+_EXPORT_CSV_COLUMNS = (*_USER_COLUMNS, *_DEVICE_COLUMNS, *_PLAN_COLUMNS)
+
+
+def _yes_no(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def _export_csv(data: _Export) -> str:
+    tenant = data.tenant[0]
+    most = max((len(c) for c in data.contacts.values()), default=0)
+    numbers = range(1, max(most, 1) + 1)
+    header = [*_EXPORT_CSV_COLUMNS]
+    for n in numbers:
+        header += [f"contact{n}_{f}" for f in _CONTACT_FIELDS]
+    buffer = io.StringIO()
+    buffer.write(
+        f"# alarmd directory export: the users of tenant {tenant} (personal data and key box\n"
+        "# codes). Users only: staff, teams and suppliers are in the YAML export, and of a\n"
+        "# contact's channels only sms has a column.\n"
+    )
+    writer = csv.writer(buffer, delimiter=";", lineterminator="\n")
+    writer.writerow(header)
+    for user in data.users:
+        user_id = user[0]
+        values = dict(zip(_USER_FIELDS, user[2:], strict=True))
+        cells: dict[str, str] = {
+            "tenant": tenant,
+            "ref": user[1],
+            "first_name": values["first_name"],
+            "last_name": values["last_name"],
+            "address": values["address"],
+            "postcode": values["postcode"],
+            "phone": values["phone"],
+            "group": values["user_group"] or "",
+            "location": values["location"],
+            "active": _yes_no(values["active"]),
+        }
+        plan = data.plans.get(user_id)
+        if plan is not None:
+            for key, value in zip(_PLAN_FIELDS, plan, strict=True):
+                cells[key] = value or ""
+        contacts = data.contacts.get(user_id, [])
+        for n, (cname, relation, phone, has_key, channels) in enumerate(contacts, start=1):
+            cells[f"contact{n}_name"] = cname
+            cells[f"contact{n}_phone"] = phone
+            cells[f"contact{n}_relation"] = relation
+            cells[f"contact{n}_has_key"] = _yes_no(has_key)
+            cells[f"contact{n}_sms"] = _stored_channels(channels).get("sms", "")
+        devices: list[tuple[Any, ...] | None] = [*data.devices.get(user_id, [])] or [None]
+        for i, device in enumerate(devices):
+            row = cells if i == 0 else {"tenant": tenant, "ref": user[1]}
+            if device is not None:
+                protocol, identity, dtype, group, supervision, serial, supplier, status = device
+                row = {
+                    **row,
+                    "device_protocol": protocol,
+                    "device_identity": identity,
+                    "device_type": dtype,
+                    "device_group": str(group),
+                    "device_supervision_s": "" if supervision is None else str(supervision),
+                    "device_serial": serial,
+                    "device_supplier": supplier or "",
+                    "device_status": status,
+                }
+            writer.writerow([row.get(column, "") for column in header])
+    return buffer.getvalue()
+
+
+def export_job(tenant: str, fmt: Format) -> Callable[[sqlite3.Connection], str | None]:
+    """A job (it only reads) that writes one tenant as a directory file the import accepts
+    and that re-imports as a no-op; None if no such tenant is stored.
+
+    YAML is the whole picture: the suppliers its devices name, staff, teams, and the users
+    with their devices (serial, supplier, status), plans (key box included) and contacts.
+    CSV has the users only (see the CSV format above; of a contact's channels only ``sms``
+    has a column). Erased users are never written, nor are devices without a user.
+    """
+
+    def job(conn: sqlite3.Connection) -> str | None:
+        data = _read_export(conn, tenant)
+        if data is None:
+            return None
+        return _export_yaml(data) if fmt == "yaml" else _export_csv(data)
 
     return job
