@@ -126,6 +126,11 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
 
     imp = sub.add_parser("import", help="load service users, devices, staff, teams (YAML/CSV)")
     imp.add_argument("file", type=Path)
+    imp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change nothing: print what the import would do, or every problem by row",
+    )
 
     cases = sub.add_parser("cases", help="list cases (open ones by default)")
     cases.add_argument("--all", action="store_true", help="closed ones too, newest first")
@@ -482,20 +487,30 @@ def _import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"alarmctl: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    params = {"filename": str(path)}
+    dry_run = bool(getattr(args, "dry_run", False))
+    if dry_run:
+        params["dry_run"] = "true"
     status, answer = _request(
         args,
         "POST",
         "/api/v1/directory/import",
         data=body,
         content_type=types[suffix],
-        params={"filename": str(path)},
+        params=params,
     )
-    if status != 200:
+    if status != 200 or (dry_run and not answer.get("ok")):
         for problem in answer.get("problems", []):
             print(problem, file=sys.stderr)
-        print(f"alarmctl: {status} {answer.get('error')}: {answer.get('message')}", file=sys.stderr)
+        if dry_run and status == 200:
+            print(f"alarmctl: dry run: {answer.get('message')}; nothing changed", file=sys.stderr)
+        else:
+            error = f"{status} {answer.get('error')}: {answer.get('message')}"
+            print(f"alarmctl: {error}", file=sys.stderr)
         return 1
     print(json.dumps(answer, ensure_ascii=False, indent=2))
+    if dry_run:
+        print("alarmctl: dry run: nothing was changed", file=sys.stderr)
     return 0
 
 

@@ -3,11 +3,22 @@ sign on and off their shift.
 
 Routes (``add_routes(app)``), each scoped to the caller's tenants:
 
-* ``POST /api/v1/directory/import[?filename=NAME]``: the body is a YAML (``application/yaml``,
-  ``text/yaml``) or CSV (``text/csv``) directory file (``directory_import`` documents both).
-  Roles ``admin``, ``tenant_admin``; a file naming a tenant outside the token's scope is
-  refused (403) whole. 400 ``invalid_directory`` and 409 ``directory_conflict`` carry
-  ``problems``: ``file:line:col: message`` lines. 200: what the import did.
+* ``POST /api/v1/directory/import[?filename=NAME][&dry_run=true]``: the body is a YAML
+  (``application/yaml``, ``text/yaml``) or CSV (``text/csv``) directory file
+  (``directory_import`` documents both). Roles ``admin``, ``tenant_admin``; a file naming a
+  tenant outside the token's scope is refused (403) whole. 400 ``invalid_directory`` and 409
+  ``directory_conflict`` carry ``problems``: ``file:line:col: message`` lines. 200: what the
+  import did; a change is audited (``action=import subject=tenant:T``). Suppliers are shared
+  by the municipalities: only a global ``admin`` may change a stored one.
+  With ``dry_run=true`` the import runs in a transaction that is always rolled back, and the
+  answer is 200 either way: ``{"dry_run": true, "ok": true, ...the summary}`` (what it would
+  do) or ``{"dry_run": true, "ok": false, "problems": [...]}``: every problem of the file
+  and, for its valid entries, every conflict with what is stored, together in file order.
+  The only trace is one audit row (``action=import_dry_run``).
+* ``GET /api/v1/directory/export?tenant=T&format=yaml|csv``: one tenant as a file the import
+  accepts and that re-imports as a no-op (``export_job``); roles ``admin`` and
+  ``tenant_admin`` of T. It holds key boxes, so it is audited first
+  (``action=export subject=tenant:T``). 404 for a tenant that is not stored.
 * ``GET /api/v1/users[?tenant=T][&q=TEXT][&limit=N]``: users, a few fields each (never the
   key box). ``q`` matches the reference, name, address, phone or a device identity.
 * ``GET /api/v1/users/{tenant}/{ref}``: one user with devices, plan (key box included) and
@@ -37,11 +48,16 @@ from alarmd.clock import Clock, SystemClock
 from alarmd.config import ConfigError
 from alarmd.store import audit, tokens
 from alarmd.store.directory_import import (
+    DirectoryData,
+    DryRun,
     Format,
     ImportConflict,
+    ImportSummary,
+    check_directory_bytes,
+    dry_run_job,
+    export_job,
     import_job,
     normalise_phone,
-    parse_directory_bytes,
 )
 
 __all__ = ["CLOCK", "MAX_IMPORT_BYTES", "add_routes"]
@@ -107,10 +123,58 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 # --- import --------------------------------------------------------------------------------
 
 
+def _dry_run_flag(text: str | None) -> bool:
+    if text is None or text in ("false", "0", "no"):
+        return False
+    if text in ("true", "1", "yes"):
+        return True
+    raise ApiError(400, "bad_request", "dry_run: true or false")
+
+
+def _audit_import(
+    job: Callable[[sqlite3.Connection], ImportSummary],
+    data: DirectoryData,
+    now: datetime,
+    info: tokens.TokenInfo,
+    filename: str,
+) -> Callable[[sqlite3.Connection], ImportSummary]:
+    """The import and, if it changed anything, its audit rows: one transaction."""
+
+    def audited(conn: sqlite3.Connection) -> ImportSummary:
+        summary = job(conn)
+        if summary.changed:
+            for tenant in data.tenant_ids:
+                audit.record_job(now, info.name, info.role, "import", f"tenant:{tenant}", filename)(
+                    conn
+                )
+        return summary
+
+    return audited
+
+
+def _audit_dry_run(
+    job: Callable[[sqlite3.Connection], DryRun],
+    data: DirectoryData,
+    now: datetime,
+    info: tokens.TokenInfo,
+    filename: str,
+) -> Callable[[sqlite3.Connection], DryRun]:
+    """The dry run (rolled back) and then the one row that says it was made."""
+
+    def audited(conn: sqlite3.Connection) -> DryRun:
+        result = job(conn)
+        subject = ",".join(f"tenant:{t}" for t in data.tenant_ids) or "directory"
+        audit.record_job(now, info.name, info.role, "import_dry_run", subject, filename)(conn)
+        return result
+
+    return audited
+
+
 async def import_directory(request: web.Request) -> web.Response:
     info = request[TOKEN_KEY]
     _require_role(info, IMPORT_ROLES, "import the directory")
-    query = _query(request, {"filename"})
+    query = _query(request, {"filename", "dry_run"})
+    dry_run = _dry_run_flag(query.get("dry_run"))
     fmt = _MEDIA_TYPES.get(request.content_type)
     if fmt is None:
         raise ApiError(
@@ -120,12 +184,13 @@ async def import_directory(request: web.Request) -> web.Response:
         )
     filename = query.get("filename") or f"upload.{fmt}"
     raw = await _read_body(request, MAX_IMPORT_BYTES)
-    try:
-        # Parsing is pure and takes a while for a whole municipality: not on the event loop.
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, parse_directory_bytes, raw, filename, fmt)
-    except ConfigError as exc:
-        return _problems(400, "invalid_directory", exc, f"{filename} cannot be imported")
+    # Parsing is pure and takes a while for a whole municipality: not on the event loop.
+    loop = asyncio.get_running_loop()
+    data, problems = await loop.run_in_executor(None, check_directory_bytes, raw, filename, fmt)
+    if problems and not dry_run:
+        return _problems(
+            400, "invalid_directory", ConfigError(problems), f"{filename} cannot be imported"
+        )
     outside = [t for t in data.tenant_ids if not info.sees_tenant(t)]
     if outside:
         raise ApiError(
@@ -134,8 +199,42 @@ async def import_directory(request: web.Request) -> web.Response:
             f"this token may not import tenant(s) {', '.join(outside)}; nothing was imported",
         )
     store = request.app[CONTEXT].store
+    now = _now(request)
+    actor = f"api:{info.name}"
+    global_admin = info.role == "admin" and info.tenants is None
+    if dry_run:
+        result = await store.writer.submit(
+            _audit_dry_run(
+                dry_run_job(data, problems, now, actor, may_change_suppliers=global_admin),
+                data,
+                now,
+                info,
+                filename,
+            )
+        )
+        head: dict[str, Any] = {"dry_run": True, "source": filename, "format": fmt}
+        if result.summary is None:
+            count = len(result.problems)
+            return web.json_response(
+                {
+                    **head,
+                    "ok": False,
+                    "message": f"{filename} would not be imported:"
+                    f" {count} problem{'s' if count != 1 else ''}",
+                    "problems": [str(p) for p in result.problems],
+                }
+            )
+        return web.json_response({**head, "ok": True, "problems": [], **result.summary.to_json()})
     try:
-        summary = await store.writer.submit(import_job(data, _now(request), f"api:{info.name}"))
+        summary = await store.writer.submit(
+            _audit_import(
+                import_job(data, now, actor, may_change_suppliers=global_admin),
+                data,
+                now,
+                info,
+                filename,
+            )
+        )
     except ImportConflict as exc:
         return _problems(
             409, "directory_conflict", exc, f"{filename} conflicts with the stored directory"
@@ -144,6 +243,45 @@ async def import_directory(request: web.Request) -> web.Response:
     if changed is not None and summary.changed:
         await changed()  # supervision picks up new devices at once
     return web.json_response({"source": filename, "format": fmt, **summary.to_json()})
+
+
+# --- export --------------------------------------------------------------------------------
+
+_EXPORT_TYPES: dict[str, str] = {"yaml": "application/yaml", "csv": "text/csv"}
+
+
+async def export_directory(request: web.Request) -> web.Response:
+    info = request[TOKEN_KEY]
+    _require_role(info, IMPORT_ROLES, "export the directory")
+    query = _query(request, {"tenant", "format", "why"})
+    tenant = query.get("tenant")
+    if not tenant:
+        raise ApiError(400, "bad_request", "tenant: the tenant to export")
+    fmt = query.get("format", "yaml")
+    if fmt not in _EXPORT_TYPES:
+        raise ApiError(400, "bad_request", "format: yaml or csv")
+    if not info.sees_tenant(tenant):
+        raise ApiError(403, "forbidden", f"this token does not cover tenant {tenant}")
+    store = request.app[CONTEXT].store
+    now = _now(request)
+    why = query.get("why", "")
+
+    def job(conn: sqlite3.Connection) -> str | None:
+        # the record is durable before the data leaves (invariant 7): one transaction
+        text = export_job(tenant, "yaml" if fmt == "yaml" else "csv")(conn)
+        if text is not None:
+            audit.record_job(now, info.name, info.role, "export", f"tenant:{tenant}", why)(conn)
+        return text
+
+    text = await store.writer.submit(job)
+    if text is None:
+        raise ApiError(404, "not_found", f"no tenant {tenant}")
+    return web.Response(
+        text=text,
+        content_type=_EXPORT_TYPES[fmt],
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{tenant}.{fmt}"'},
+    )
 
 
 # --- users ---------------------------------------------------------------------------------
@@ -448,6 +586,7 @@ async def set_duty(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/directory/import", import_directory)
+    app.router.add_get("/api/v1/directory/export", export_directory)
     app.router.add_get("/api/v1/users", list_users)
     app.router.add_get("/api/v1/users/{tenant}/{ref}", get_user)
     app.router.add_post("/api/v1/staff/{tenant}/{ref}/duty", set_duty)

@@ -127,7 +127,20 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/directory/import": {
         "post": _op(
             "import users, devices, plans, staff and teams (YAML or CSV body)",
-            params=[_query("filename", "named in error messages")],
+            params=[
+                _query("filename", "named in error messages"),
+                _query("dry_run", "true: change nothing, answer what it would do or every problem"),
+            ],
+        ),
+    },
+    "/api/v1/directory/export": {
+        "get": _op(
+            "one tenant as a directory file the import accepts (YAML or CSV; audited)",
+            params=[
+                _query("tenant", "tenant id"),
+                _query("format", "yaml (default) or csv"),
+                _query("why", "the reason, recorded in the audit"),
+            ],
         ),
     },
     "/api/v1/users": {
