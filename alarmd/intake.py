@@ -14,6 +14,7 @@ non-duplicate events after the commit.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -23,8 +24,8 @@ from prometheus_client import Counter
 
 from alarmd import metrics
 from alarmd.model import Event, Flag, Receipt
-from alarmd.store.db import Store
-from alarmd.store.events import CaseHook, append_job
+from alarmd.store.db import Store, StoreError
+from alarmd.store.events import AppendBatch, CaseHook
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,8 @@ class Intake:
         self._tenant_of = tenant_of
         self._listeners: list[Listener] = []
         self._case_hook: CaseHook | None = None
+        # the batch that the writer has not started yet: new submissions join it
+        self._open: _Batch | None = None
 
     def set_tenant_lookup(self, tenant_of: TenantOf) -> None:
         """Swap the directory lookup (configuration reload)."""
@@ -66,27 +69,55 @@ class Intake:
     def submit_future(self, events: Sequence[Event]) -> asyncio.Future[Receipt]:
         """``submit`` as a future, for transports that answer from a done-callback.
 
-        It is the writer's own future: intake's bookkeeping (metrics, listeners) is its first
-        done-callback, so it runs before any callback the caller adds. It carries
-        ``StoreError`` if the commit failed. One future per submission, because at thousands
-        of frames a second every extra future shows.
+        Every submission made while the writer is busy joins one batch, stored by one
+        writer job (``AppendBatch``: a multi-row insert instead of a statement per event).
+        The first submission queues that job at once, so a lone event is still committed
+        without waiting for company. The future carries ``StoreError`` if the commit failed;
+        intake's bookkeeping (metrics, listeners) has run before it is resolved.
         """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
         if not events:
-            empty: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-            empty.set_result(Receipt(event_ids=(), duplicate=()))
-            return empty
+            future.set_result(Receipt(event_ids=(), duplicate=()))
+            return future
         tenant_of = self._tenant_of
         tenants = [tenant_of(event.protocol, event.source) for event in events]
-        committed = self._store.writer.enqueue(
-            append_job(events, tenants, self._window, self._case_hook)
-        )
-        committed.add_done_callback(partial(self._after_commit, events))
-        return committed
+        batch = self._open
+        if batch is None or len(batch.job) >= _MAX_SUBMISSIONS:
+            batch = self._open = _Batch(AppendBatch(self._window, self._case_hook))
+            committed = self._store.writer.enqueue(partial(self._run, batch))
+            committed.add_done_callback(partial(self._committed, batch))
+        batch.job.add(events, tenants)
+        batch.waiting.append((events, future))
+        return future
 
-    def _after_commit(self, events: Sequence[Event], committed: asyncio.Future[Receipt]) -> None:
-        if committed.cancelled() or committed.exception() is not None:
-            return
-        receipt = committed.result()
+    def _run(self, batch: _Batch, conn: sqlite3.Connection) -> list[Receipt | Exception]:
+        """The writer job: from now on, new submissions form the next batch."""
+        if self._open is batch:
+            self._open = None
+        return batch.job(conn)
+
+    def _committed(
+        self, batch: _Batch, committed: asyncio.Future[list[Receipt | Exception]]
+    ) -> None:
+        if self._open is batch:  # the writer failed the batch without running it
+            self._open = None
+        if committed.cancelled():
+            error: BaseException | None = StoreError("the commit was cancelled")
+        else:
+            error = committed.exception()
+        outcomes: Sequence[Receipt | BaseException]
+        outcomes = [error] * len(batch.waiting) if error is not None else committed.result()
+        for (events, future), outcome in zip(batch.waiting, outcomes, strict=True):
+            if future.done():  # the submitter cancelled it
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+                continue
+            self._after_commit(events, outcome)
+            future.set_result(outcome)
+
+    def _after_commit(self, events: Sequence[Event], receipt: Receipt) -> None:
         fresh: list[Event] = []
         for event, is_copy, event_id in zip(
             events, receipt.duplicate, receipt.event_ids, strict=True
@@ -111,6 +142,19 @@ class Intake:
                     listener(fresh, receipt)
                 except Exception:  # a listener's bug must not cost the device its ACK
                     log.exception("intake_listener_failed", listener=repr(listener))
+
+
+_MAX_SUBMISSIONS = 1000  # per batch; beyond, the next submissions start another one
+
+
+class _Batch:
+    """An ``AppendBatch`` and the submitters waiting for its commit."""
+
+    __slots__ = ("job", "waiting")
+
+    def __init__(self, job: AppendBatch) -> None:
+        self.job = job
+        self.waiting: list[tuple[Sequence[Event], asyncio.Future[Receipt]]] = []
 
 
 _children: dict[tuple[object, ...], Counter] = {}

@@ -1,13 +1,15 @@
 """The events table: appending (with retransmission de-duplication) and reading.
 
-``append_job`` builds a writer job: it runs on the writer thread inside the group
-transaction, so the de-duplication check and the insert see every earlier event, in
-the same batch included, and two copies of one frame arriving on two connections at
-the same moment still give one row.
+``append_job`` builds a writer job for one submission; ``AppendBatch`` is one writer job
+for every submission intake gathered while the writer was busy (one multi-row insert per
+chunk instead of one statement per event). Both run inside the group transaction, so the
+de-duplication check sees every earlier event, in the same batch included, and two
+copies of one frame arriving on two connections at the same moment still give one row.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -21,18 +23,47 @@ from alarmd.model import Event, Receipt
 from alarmd.store.db import iso, parse_iso
 
 # One statement per new event: insert unless a copy is stored within the window. Only a
-# retransmission (rare) costs a second query, to find the row it repeats.
+# retransmission (rare) costs a second query, to find the row it repeats. Its parameters
+# are a Row (17 values and the horizon) and then the dedup_key again.
 _INSERT_UNLESS_COPY = (
     "INSERT INTO events (received_at, protocol, source, tenant, kind, category, condition,"
     " priority, code, zone, partition, occurred_at, text, flags, attributes, dedup_key, raw)"
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE dedup_key = ? AND received_at >= ?)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17"
+    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE dedup_key = ?16 AND received_at >= ?18)"
 )
 _FIND_COPY = "SELECT min(id) FROM events WHERE dedup_key = ? AND received_at >= ?"
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 
 CaseHook = Callable[[sqlite3.Connection, Event, int, "str | None"], None]
+
+Row = tuple[Any, ...]  # an events row's values in _COLUMN_NAMES order, then the horizon
+
+
+def event_row(event: Event, tenant: str | None, received: str, horizon: str) -> Row:
+    """The values ``_INSERT_UNLESS_COPY`` and ``_insert_many_sql`` take for one event."""
+    return (
+        received,
+        event.protocol,
+        event.source,
+        tenant,
+        event.kind.value,
+        event.category.value,
+        event.condition.value,
+        int(event.priority),
+        event.code,
+        event.zone,
+        event.partition,
+        iso(event.occurred_at) if event.occurred_at else None,
+        event.text,
+        ",".join(sorted(flag.value for flag in event.flags)) if event.flags else "",
+        json.dumps(dict(event.attributes), ensure_ascii=False, sort_keys=True)
+        if event.attributes
+        else "{}",
+        event.dedup_key,
+        event.raw,
+        horizon,
+    )
 
 
 def append_job(
@@ -47,52 +78,207 @@ def append_job(
     the same transaction: the routing engine opens the event's case there, so an
     acknowledged alarm can never be without its case.
     """
-    rows = []
-    for event, tenant in zip(events, tenants, strict=True):
-        rows.append(
-            (
-                iso(event.received_at),
-                event.protocol,
-                event.source,
-                tenant,
-                event.kind.value,
-                event.category.value,
-                event.condition.value,
-                int(event.priority),
-                event.code,
-                event.zone,
-                event.partition,
-                iso(event.occurred_at) if event.occurred_at else None,
-                event.text,
-                ",".join(sorted(flag.value for flag in event.flags)) if event.flags else "",
-                json.dumps(dict(event.attributes), ensure_ascii=False, sort_keys=True)
-                if event.attributes
-                else "{}",
-                event.dedup_key,
-                event.raw,
-            )
-        )
-    horizons = [iso(event.received_at - dedup_window) for event in events]
+    rows = [
+        event_row(event, tenant, iso(event.received_at), iso(event.received_at - dedup_window))
+        for event, tenant in zip(events, tenants, strict=True)
+    ]
 
     def job(conn: sqlite3.Connection) -> Receipt:
-        ids: list[int] = []
-        duplicate: list[bool] = []
-        for index, (row, horizon) in enumerate(zip(rows, horizons, strict=True)):
-            cursor = conn.execute(_INSERT_UNLESS_COPY, (*row, row[15], horizon))
-            if cursor.rowcount == 1:
-                assert cursor.lastrowid is not None
-                ids.append(cursor.lastrowid)
-                duplicate.append(False)
-                if on_new is not None:
-                    on_new(conn, events[index], cursor.lastrowid, tenants[index])
-                continue
-            original = conn.execute(_FIND_COPY, (row[15], horizon)).fetchone()[0]
-            conn.execute(_COUNT_COPY, (original,))
-            ids.append(int(original))
-            duplicate.append(True)
-        return Receipt(tuple(ids), tuple(duplicate))
+        return _append_one_by_one(conn, events, tenants, rows, on_new)
 
     return job
+
+
+def _append_one_by_one(
+    conn: sqlite3.Connection,
+    events: Sequence[Event],
+    tenants: Sequence[str | None],
+    rows: Sequence[Row],
+    on_new: CaseHook | None,
+) -> Receipt:
+    """One statement per event: the general path, and the fallback of ``AppendBatch``."""
+    ids: list[int] = []
+    duplicate: list[bool] = []
+    for index, row in enumerate(rows):
+        cursor = conn.execute(_INSERT_UNLESS_COPY, row)
+        if cursor.rowcount == 1:
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+            duplicate.append(False)
+            if on_new is not None:
+                on_new(conn, events[index], cursor.lastrowid, tenants[index])
+            continue
+        original = conn.execute(_FIND_COPY, (row[_KEY], row[_HORIZON])).fetchone()[0]
+        conn.execute(_COUNT_COPY, (original,))
+        ids.append(int(original))
+        duplicate.append(True)
+    return Receipt(tuple(ids), tuple(duplicate))
+
+
+# --- many submissions in one job -----------------------------------------------------------
+
+_COLUMN_NAMES = (
+    "received_at, protocol, source, tenant, kind, category, condition, priority, code, zone,"
+    " partition, occurred_at, text, flags, attributes, dedup_key, raw"
+)
+_KEY = 15  # dedup_key's place in a Row
+_HORIZON = 17
+# Statements of these many rows only, so a handful of texts stay in the statement cache
+# (a batch of 100 runs as 64 + 16 + 16 + 4) and the variables stay far below SQLite's limit.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+@functools.cache
+def _insert_many_sql(rows: int) -> str:
+    """Insert ``rows`` events, each unless a copy is stored within its window; RETURNING the
+    new rows' dedup_key and id. SQLite reads the whole VALUES list before inserting (the
+    SELECT reads the target table), so copies *within* the list are not seen here: the
+    caller drops them first."""
+    one = "(" + ",".join("?" * 18) + ")"
+    return (
+        f"WITH v({_COLUMN_NAMES}, horizon) AS (VALUES {','.join([one] * rows)})"  # noqa: S608
+        f" INSERT INTO events ({_COLUMN_NAMES}) SELECT {_COLUMN_NAMES} FROM v"
+        " WHERE NOT EXISTS (SELECT 1 FROM events AS e"
+        " WHERE e.dedup_key = v.dedup_key AND e.received_at >= v.horizon)"
+        " RETURNING dedup_key, id"
+    )
+
+
+class AppendBatch:
+    """Submissions gathered while the writer was busy, stored by one writer job.
+
+    Calling it (the writer does, inside the group transaction) stores every event of every
+    submission with one multi-row ``INSERT … RETURNING`` per chunk instead of one statement
+    per event, then runs the case hook for each new event in submission order, and returns
+    one ``Receipt`` per submission, or the exception that submission alone failed with.
+
+    De-duplication is the same as ``append_job``'s: a copy of a row stored within the window
+    is not inserted; its original is found and its retransmissions counted. Copies inside
+    the batch (one frame arriving on two connections at once) are found here, before the
+    insert: the first goes into the multi-row insert, the later ones through the per-event
+    statement after it, in order, so they count as its retransmissions.
+
+    If anything fails on a submission's own account (not the database's), the batch is
+    undone and run again one submission at a time, each under its own savepoint, so the
+    failing submission fails alone, as separate jobs would. The job may be run twice (the
+    writer's own fallback does that) and gives the same answer each time.
+    """
+
+    __slots__ = ("_events", "_iso", "_on_new", "_rows", "_sizes", "_tenants", "_window")
+
+    def __init__(self, dedup_window: timedelta, on_new: CaseHook | None = None) -> None:
+        self._window = dedup_window
+        self._on_new = on_new
+        self._events: list[Event] = []
+        self._tenants: list[str | None] = []
+        self._rows: list[Row] = []
+        self._sizes: list[int] = []
+        self._iso: dict[datetime, tuple[str, str]] = {}
+
+    def __len__(self) -> int:
+        """How many submissions the batch holds."""
+        return len(self._sizes)
+
+    def add(self, events: Sequence[Event], tenants: Sequence[str | None]) -> None:
+        """Add one submission (its events and their tenants); its result keeps this place."""
+        stamps = self._iso
+        window = self._window
+        rows = self._rows
+        for event, tenant in zip(events, tenants, strict=True):
+            at = event.received_at
+            stamp = stamps.get(at)
+            if stamp is None:
+                stamp = stamps[at] = (iso(at), iso(at - window))
+            rows.append(event_row(event, tenant, stamp[0], stamp[1]))
+        self._events.extend(events)
+        self._tenants.extend(tenants)
+        self._sizes.append(len(events))
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Receipt | Exception]:
+        conn.execute("SAVEPOINT append_batch")
+        try:
+            ids, duplicate = self._store(conn)
+        except sqlite3.OperationalError:
+            raise  # disk full, I/O error: the whole transaction fails
+        except Exception:
+            conn.execute("ROLLBACK TO append_batch")
+            conn.execute("RELEASE append_batch")
+            return self._one_by_one(conn)
+        conn.execute("RELEASE append_batch")
+        results: list[Receipt | Exception] = []
+        start = 0
+        for size in self._sizes:
+            stop = start + size
+            results.append(Receipt(tuple(ids[start:stop]), tuple(duplicate[start:stop])))
+            start = stop
+        return results
+
+    def _store(self, conn: sqlite3.Connection) -> tuple[list[int], list[bool]]:
+        rows = self._rows
+        first: dict[str, int] = {}  # dedup_key -> index of its first row in the batch
+        unique: list[Row] = []
+        for index, row in enumerate(rows):
+            if row[_KEY] not in first:
+                first[row[_KEY]] = index
+                unique.append(row)
+        new: dict[str, int] = {}  # dedup_key -> id of the row inserted now
+        start = 0
+        while start < len(unique):
+            left = len(unique) - start
+            size = next(n for n in _CHUNKS if n <= left)
+            params = [value for row in unique[start : start + size] for value in row]
+            new.update(conn.execute(_insert_many_sql(size), params).fetchall())
+            start += size
+        ids: list[int] = []
+        duplicate: list[bool] = []
+        on_new, events, tenants = self._on_new, self._events, self._tenants
+        for index, row in enumerate(rows):
+            key = row[_KEY]
+            if first[key] == index:
+                event_id = new.get(key)
+            else:
+                # A later copy of a key this batch already holds (rare): the per-event
+                # statement, which sees the rows inserted above with their own times, so
+                # the window is judged exactly as for separate jobs.
+                cursor = conn.execute(_INSERT_UNLESS_COPY, row)
+                event_id = cursor.lastrowid if cursor.rowcount == 1 else None
+            if event_id is not None:
+                ids.append(event_id)
+                duplicate.append(False)
+                if on_new is not None:
+                    on_new(conn, events[index], event_id, tenants[index])
+                continue
+            original = int(conn.execute(_FIND_COPY, (key, row[_HORIZON])).fetchone()[0])
+            conn.execute(_COUNT_COPY, (original,))
+            ids.append(original)
+            duplicate.append(True)
+        return ids, duplicate
+
+    def _one_by_one(self, conn: sqlite3.Connection) -> list[Receipt | Exception]:
+        results: list[Receipt | Exception] = []
+        start = 0
+        for size in self._sizes:
+            stop = start + size
+            conn.execute("SAVEPOINT append_one")
+            try:
+                receipt = _append_one_by_one(
+                    conn,
+                    self._events[start:stop],
+                    self._tenants[start:stop],
+                    self._rows[start:stop],
+                    self._on_new,
+                )
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:  # this submission's own fault: undo it alone
+                conn.execute("ROLLBACK TO append_one")
+                conn.execute("RELEASE append_one")
+                results.append(exc)
+            else:
+                conn.execute("RELEASE append_one")
+                results.append(receipt)
+            start = stop
+        return results
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,11 +125,15 @@ async def test_concurrent_copies_in_one_batch_give_one_row(store: Store) -> None
 async def test_group_commit_batches_concurrent_submits(store: Store) -> None:
     intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
     batches = spy_batch_sizes(store)
-    await asyncio.gather(*(intake.submit([make_event(n)]) for n in range(500)))
-    assert sum(batches) == 500
+    receipts = await asyncio.gather(*(intake.submit([make_event(n)]) for n in range(500)))
     assert len(batches) < 500 / 5, batches  # many events per commit under load
     conn = sqlite3.connect(store.path)
     assert count_events(conn) == 500
+    # each submitter gets its own row back, in order, from the shared job
+    ids = [r.event_ids[0] for r in receipts]
+    assert len(set(ids)) == 500
+    raws = dict(conn.execute("SELECT id, raw FROM events").fetchall())
+    assert [raws[i] for i in ids] == [make_event(n).raw for n in range(500)]
 
 
 async def test_lone_event_is_committed_without_waiting_for_company(store: Store) -> None:
@@ -172,11 +176,77 @@ async def test_a_failing_job_fails_alone(store: Store) -> None:
         intake.submit([make_event(2)]),
         return_exceptions=True,
     )
-    assert retried == [3]  # the optimistic batch was undone and run job by job
+    # the optimistic batch was undone and run job by job: intake's two submissions are
+    # one job (they joined while the writer had not started), the bad job the other
+    assert retried == [2]
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert not isinstance(results[0], BaseException)
     assert not isinstance(results[2], BaseException)
     assert len(await list_events(store.reader)) == 2
+
+
+async def test_one_batch_with_new_events_stored_copies_and_copies_of_each_other(
+    store: Store,
+) -> None:
+    """A batch of mixed submissions: every receipt says what the per-event path would."""
+    intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
+    first = await intake.submit([make_event(1)])
+    batches = spy_batch_sizes(store)
+    receipts = await asyncio.gather(
+        intake.submit([make_event(2), make_event(1)]),  # new + copy of a stored row
+        intake.submit([make_event(3)]),  # new
+        intake.submit([make_event(2)]),  # copy of a row of this same batch
+        intake.submit([make_event(3), make_event(4), make_event(3)]),  # copies inside one
+        intake.submit([make_event(1, at=T0 + timedelta(hours=2))]),  # outside the window
+    )
+    assert batches == [1]  # one writer job for all five submissions
+    a, b, c, d, e = receipts
+    assert a.duplicate == (False, True) and a.event_ids[1] == first.event_ids[0]
+    assert b.duplicate == (False,)
+    assert c.duplicate == (True,) and c.event_ids == (a.event_ids[0],)
+    assert d.duplicate == (True, False, True)
+    assert d.event_ids == (b.event_ids[0], d.event_ids[1], b.event_ids[0])
+    assert e.duplicate == (False,) and e.event_ids[0] != first.event_ids[0]
+    conn = sqlite3.connect(store.path)
+    assert count_events(conn) == 5  # 1, 2, 3, 4, and 1 again outside the window
+    counted = dict(conn.execute("SELECT id, retransmissions FROM events").fetchall())
+    assert counted[first.event_ids[0]] == 1
+    assert counted[a.event_ids[0]] == 1
+    assert counted[b.event_ids[0]] == 2
+
+
+async def test_a_failing_case_hook_fails_its_submission_alone(store: Store) -> None:
+    """The batch is undone and re-run submission by submission; the others are stored."""
+    intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
+    hooked: list[int] = []
+
+    def hook(conn: sqlite3.Connection, event: Event, event_id: int, tenant: str | None) -> None:
+        if event.dedup_key.endswith("0002:abc#0"):
+            raise RuntimeError("a bug in case logic")
+        hooked.append(event_id)
+
+    intake.set_case_hook(hook)
+    results = await asyncio.gather(
+        intake.submit([make_event(1)]),
+        intake.submit([make_event(2)]),
+        intake.submit([make_event(3)]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert not isinstance(results[0], BaseException)
+    assert not isinstance(results[2], BaseException)
+    stored = [e.raw for e in await list_events(store.reader)]
+    assert sorted(stored) == sorted([make_event(1).raw, make_event(3).raw])
+    assert set(hooked) >= {results[0].event_ids[0], results[2].event_ids[0]}
+
+
+async def test_many_events_in_one_batch_use_every_chunk_size(store: Store) -> None:
+    intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=tenant_of)
+    receipt = await intake.submit([make_event(n) for n in range(341)])  # 256+64+16+4+1
+    assert receipt.duplicates == 0
+    assert len(set(receipt.event_ids)) == 341
+    again = await intake.submit([make_event(n) for n in range(341)])
+    assert again.event_ids == receipt.event_ids and again.duplicates == 341
 
 
 async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
