@@ -239,8 +239,9 @@ class Server:
             self.proc.kill()
 
 
-def start_alarmd(workdir: Path) -> Server:
-    data = workdir / "alarmd-data"
+def start_alarmd(workdir: Path, src: Path | None = None, name: str = "alarmd") -> Server:
+    """The real daemon; with ``src``, alarmd's package from that source tree (an A/B run)."""
+    data = workdir / f"{name}-data"
     accounts = workdir / "accounts.yaml"
     accounts.write_text(
         "accounts:\n"
@@ -253,16 +254,20 @@ def start_alarmd(workdir: Path) -> Server:
         f"dc09:\n  listen: 127.0.0.1:{port}\n  max_connections: 30000\n"
         f"accounts_file: {accounts}\n"
     )
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/alarmd"), "run", "--config", str(config), "--data-dir", str(data)],
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.time() + 30
     while not (data / "run.json").exists():
         if proc.poll() is not None or time.time() > deadline:
             raise RuntimeError("alarmd did not start")
         time.sleep(0.05)
-    return Server("alarmd", proc, json.loads((data / "run.json").read_text())["dc09_port"])
+    return Server(name, proc, json.loads((data / "run.json").read_text())["dc09_port"])
 
 
 def ensure_baseline_venv() -> Path:
@@ -450,6 +455,12 @@ def main() -> None:
         help="comma-separated subset and order of null,alarmd,pysiaalarm (default: all)",
     )
     parser.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also run alarmd from this source tree (e.g. a git worktree of the last "
+        "commit) as 'alarmd-base', in the same run",
+    )
+    parser.add_argument(
         "--clients",
         type=int,
         default=1,
@@ -469,6 +480,9 @@ def main() -> None:
             "alarmd": lambda: start_alarmd(workdir),
             "pysiaalarm": start_pysiaalarm,
         }
+        if args.compare_src is not None:
+            src = args.compare_src.resolve()
+            known["alarmd-base"] = lambda: start_alarmd(workdir, src, "alarmd-base")
         names = args.servers.split(",") if args.servers else list(known)
         if args.skip_null and "null" in names:
             names.remove("null")
@@ -490,12 +504,13 @@ def main() -> None:
                     results[name]["idle"] = idle_rss(server, args.idle)
             finally:
                 server.stop()
-        if "alarmd" in results:
-            db = workdir / "alarmd-data" / "alarmd.sqlite"
-            import sqlite3
+        import sqlite3
 
-            stored = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
-            results["alarmd"]["stored_events"] = stored
+        for name in ("alarmd", "alarmd-base"):
+            if name in results:
+                db = workdir / f"{name}-data" / "alarmd.sqlite"
+                stored = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+                results[name]["stored_events"] = stored
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(results, args)
@@ -524,11 +539,12 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         for a, b in zip(results["null"]["load"], results["pysiaalarm"]["load"], strict=True):
             ratio = a["events_per_s"] / b["events_per_s"] if b["events_per_s"] else float("inf")
             print(f"  {a['connections']:>5} connections: {ratio:.2f}x")
-    if "alarmd" in results and "pysiaalarm" in results:
-        print("\nratio alarmd / pysiaalarm (events/s):")
-        for a, b in zip(results["alarmd"]["load"], results["pysiaalarm"]["load"], strict=True):
-            ratio = a["events_per_s"] / b["events_per_s"] if b["events_per_s"] else float("inf")
-            print(f"  {a['connections']:>5} connections: {ratio:.2f}x")
+    for name in ("alarmd", "alarmd-base"):
+        if name in results and "pysiaalarm" in results:
+            print(f"\nratio {name} / pysiaalarm (events/s):")
+            for a, b in zip(results[name]["load"], results["pysiaalarm"]["load"], strict=True):
+                ratio = a["events_per_s"] / b["events_per_s"] if b["events_per_s"] else 0.0
+                print(f"  {a['connections']:>5} connections: {ratio:.2f}x")
     for name, r in results.items():
         if "idle" in r:
             i = r["idle"]
@@ -536,8 +552,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
                 f"\n{name}: RSS {i['rss_before_kib']} KiB -> {i['rss_after_kib']} KiB with "
                 f"{i['idle_connections']} idle connections = {i['kib_per_connection']:.2f} KiB each"
             )
-    if "alarmd" in results:
-        print(f"\nalarmd stored {results['alarmd']['stored_events']} events")
+    for name in ("alarmd", "alarmd-base"):
+        if name in results:
+            print(f"\n{name} stored {results[name]['stored_events']} events")
     print("\nJSON:", json.dumps(results))
 
 
