@@ -2118,7 +2118,7 @@ def _read_export(conn: sqlite3.Connection, tenant: str) -> _Export | None:
     ):
         if r[0] in live:
             contacts.setdefault(r[0], []).append(tuple(r[1:]))
-    used = sorted({d[4] for ds in devices.values() for d in ds if d[4] is not None})
+    used = sorted({d[6] for ds in devices.values() for d in ds if d[6] is not None})  # supplier
     suppliers = [
         (r[0], r[1], r[2], r[3])
         for r in conn.execute(
