@@ -13,6 +13,15 @@ What lives here
   data by natural keys in one transaction and returns an ``ImportSummary``. It raises
   ``ImportConflict`` (a ``ConfigError``) when a valid file does not fit what is stored; the
   writer then rolls that job back alone, and nothing of the file is written.
+* The dry run: ``check_directory_bytes`` parses without raising (every problem of the file,
+  and the data of its valid entries), and ``dry_run_job(data, problems, now, actor)`` runs
+  the import in a savepoint that is always rolled back. Its ``DryRun`` holds the summary
+  the import would give, or every problem: the file's own and, for the entries that are
+  valid, their conflicts with what is stored, together in file order. So one run names
+  every bad row (YAML: every bad user, supplier or device entry).
+* ``export_job(tenant, fmt)``: one tenant as a file of either format that the import
+  accepts and that re-imports as a no-op; exported into an empty database and exported
+  again, a YAML export gives the same bytes.
 
 Nothing here reads the clock: ``now`` comes in. The lookups that routing makes (device to
 user, plan snapshot, recipients) live in ``directory.py``.
@@ -21,6 +30,9 @@ YAML format
 -----------
 One file may hold several tenants; ``config/directory.example.yaml`` is a commented example::
 
+    suppliers:                           # optional, tenant-independent (see "Suppliers")
+      - {id: trygg-teknikk, name: Trygg Teknikk AS, email: service@trygg.example,
+         phone: "+4700000090"}
     tenants:
       - id: eksempel-kommune             # slug [a-z0-9-]
         name: Eksempel kommune
@@ -44,7 +56,11 @@ One file may hold several tenants; ``config/directory.example.yaml`` is a commen
             active: true                 # optional, default true
             devices:
               - {protocol: dc09, identity: "1234", type: safety_alarm, group: 1,
-                 supervision_s: 3600}
+                 supervision_s: 3600,
+                 serial: SN-0001,           # optional: the supplier's serial number
+                 supplier: trygg-teknikk,   # optional: stored, or in this file's suppliers
+                 status: active}            # in_stock | ordered | installed | active |
+                                            # faulty | removed
             plan:                        # optional; absent means an empty plan
               instructions: Ring først.
               key_box: Nøkkelboks ved inngangsdøren
@@ -54,7 +70,12 @@ One file may hold several tenants; ``config/directory.example.yaml`` is a commen
               - {name: Per Testesen, relation: son, phone: "+4700000002",
                  has_key: true, channels: {sms: "+4700000002"}}
 
-A user entry is the whole truth about that user: a key left out takes its default.
+A user entry is the whole truth about that user: a key left out takes its default, except
+a device's ``serial``, ``supplier`` and ``status``, which case management moves on as the
+device lives (``DEVICE_KEEPABLE``): left out, a stored device keeps its own, and a new one
+has no serial, no supplier and status ``active``; given (``supplier: null`` included), the
+file's value is stored. ``status`` set by a file bypasses the life cycle's rules: an
+onboarding tool, not the way a device is installed.
 Identities, phone numbers and postcodes must be quoted (unquoted, YAML reads ``0809`` as the
 number 809). Device identities: ``dc09`` an account of 3-16 hex digits (stored upper-case),
 ``scaip`` a cid of 1-32 digits, ``mqtt`` a device id of 1-64 of ``A-Z a-z 0-9 . _ : -``,
@@ -82,6 +103,10 @@ the columns (in any order, case-insensitive)::
     device_type       e.g. safety_alarm, fall_detector (empty: none)
     device_group      1 | 3 (empty: 1)
     device_supervision_s  expected heartbeat interval in seconds (empty: none)
+    device_serial     the supplier's serial number (empty: none)
+    device_supplier   a supplier id that must already be stored (empty: none)
+    device_status     in_stock | ordered | installed | active | faulty | removed (empty:
+                      a stored device keeps its status, a new one is active)
     home_care_team    a team ref that must already be stored for the tenant (see below)
     instructions, key_box
     mode_override     response | routing | routing_with_backup (empty: none)
@@ -97,6 +122,16 @@ A *column* that is absent is not managed by the file: an existing user keeps wha
 stored (an export without ``key_box`` never wipes key boxes). An *empty cell* in a
 present column clears the value. Problems are ``file:line:col`` with ``col`` the 1-based
 column of the offending cell.
+
+Suppliers
+---------
+Suppliers are shared by the municipalities (one company serves several), so they are not
+under a tenant: a YAML file may give them in a top-level ``suppliers`` list (``id`` a slug,
+``name``, ``email``, ``phone``), upserted by id. A device's ``supplier`` must be stored or
+in that list; otherwise it is a problem at the device's ``supplier`` (a CSV never creates
+suppliers). Only a global admin may change a stored supplier: for a tenant admin's
+import (``may_change_suppliers=False``) a listed supplier that is stored with other details
+is a conflict, while one stored the same, or a new one, is fine.
 
 References
 ----------
@@ -123,8 +158,23 @@ not mention stay as they are. For the entries it names, the file is the truth:
   (a device never moves between municipalities silently).
 
 A plan's ``version`` is bumped, and ``updated_by`` set, only when the plan or the user's
-contacts changed (the contacts are part of the plan snapshot a case copies). Re-importing
-the same file changes nothing, and its summary counts 0 created and 0 updated.
+contacts changed (the contacts are part of the plan snapshot a case copies); every version,
+the first included, is kept in ``response_plan_versions`` with what changed
+("instructions, contacts", or "created") and who (``directory.record_plan_version``).
+Re-importing the same file changes nothing, and its summary counts 0 created and 0 updated.
+
+Export
+------
+``export_job`` writes what is stored for one tenant, in the formats above, so that the
+import takes it back unchanged. YAML is the whole picture: the suppliers its devices name,
+staff, teams (members in order; ``on_duty`` is the staff's own and not exported), and the
+users with their devices (serial, supplier, status), plans (key box included: the export
+is sensitive, and the API audits it) and contacts. Every key is written, strings quoted,
+in stored order, so the bytes depend only on what is stored. CSV is the users-only format:
+one row per user and device; of a contact's channels only ``sms`` has a column, so a
+contact's ``mqtt`` or ``webhook`` channel is lost on a CSV round trip (use YAML). Never
+exported: erased users (``erased_at`` set), and devices with no user (the formats have no
+place for them yet).
 """
 
 from __future__ import annotations

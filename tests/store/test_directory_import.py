@@ -163,7 +163,7 @@ async def test_example_files_import_and_reimport_changes_nothing(store: Store) -
         "devices": (8, 0, 0),
         "plans": (5, 0, 0),
         "contacts": (5, 0, 0),
-        "suppliers": (0, 0, 0),
+        "suppliers": (1, 0, 0),
     }
     csv_summary = await run(store, parse_directory(EXAMPLE_CSV))
     assert created_updated(csv_summary)["users"] == (3, 0, 0)
