@@ -453,6 +453,4 @@ async def test_reading_a_user_is_audited_with_who_and_why(env: Env) -> None:
     assert hidden.status == 404  # nothing was read, nothing is recorded
     assert await env.rows(
         "SELECT actor, action, subject, reason FROM audit WHERE action != 'import'"
-    ) == [
-        ("ta-eksempel", "read_user", "user:eksempel-kommune/u-1001", "case:12")
-    ]
+    ) == [("ta-eksempel", "read_user", "user:eksempel-kommune/u-1001", "case:12")]
