@@ -21,15 +21,17 @@ asyncio); the daemon's shell feeds them messages and ticks and turns what they a
     overdue before ``now + grace``, giving every device a full grace to call in.
 
 ``OutageTracker``: many at once is one incident
-    Link losses (and mains-lost reports) are grouped by area (tenant and postcode, or a grid
-    area from the directory). A loss is first *pending* for ``window``: if ``threshold``
-    devices of the same group are lost within the window, one ``IncidentOpened`` covers them
-    all and later losses in that group are ``Folded`` into it; a loss still alone when its
-    window has passed becomes ``Individual`` (one technical case). A device that comes back
-    while pending never produces a case at all (a flap). The incident closes when at most
-    ``1 - close_ratio`` of its devices are still silent, and those get ``Individual`` cases.
-    Only link and power events pass through here: a real alarm from a device in an
-    affected area never does, so it can never be folded or delayed.
+    Link losses and mains-lost reports are grouped by area (tenant and postcode, or a grid
+    area from the directory); a device counts once however many reasons it has. A loss is
+    first *pending* for ``window``: if ``threshold`` devices of the same group are affected
+    within the window, one ``IncidentOpened`` covers them all and later losses or mains-lost
+    reports in that group are ``Folded`` into it; a loss still alone when its window has
+    passed becomes ``Individual`` (one technical case). A device that comes back (heard
+    from, mains restored) while pending never produces a case at all (a flap); a member that
+    comes back is ``Recovered``. The incident closes when at most ``1 - close_ratio`` of its
+    devices are still affected, and those get ``Individual`` cases. Only link and power
+    events pass through here: a real alarm from a device in an affected area never does, so
+    it can never be folded or delayed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from typing import TypeAlias
 
 __all__ = [
     "BATTERY_BACKUP",
+    "LINK",
+    "MAINS",
+    "Affected",
     "Cleared",
     "DeviceKey",
     "Folded",
@@ -52,6 +57,7 @@ __all__ = [
     "LinkRestored",
     "OutageAction",
     "OutageTracker",
+    "Recovered",
     "Supervisor",
 ]
 
@@ -192,13 +198,30 @@ class Supervisor:
 
 # --------------------------------------------------------------------------- outages
 
+LINK = "link_lost"  # a reason a device is affected: silent past its limit
+MAINS = "mains_lost"  # ... or it reported that its mains power is gone (on battery)
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """A device affected by an outage: why (``link_lost``, ``mains_lost``, or both), since
+    when (the earliest of its reasons), and when its battery back-up may run out."""
+
+    key: DeviceKey
+    reasons: tuple[str, ...]
+    since: datetime
+    batteries_from: datetime
+    batteries_by: datetime
+
 
 @dataclass(frozen=True, slots=True)
 class Individual:
-    """One device lost on its own: open its own technical case."""
+    """One device lost on its own: open its own technical case (``reasons``: why it is
+    affected; a ``mains_lost`` report already has its held case, which routes by itself)."""
 
     key: DeviceKey
     lost_at: datetime
+    reasons: tuple[str, ...] = (LINK,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +233,23 @@ class IncidentOpened:
     started_at: datetime
     batteries_from: datetime  # the earliest a user's battery back-up may run out
     batteries_by: datetime  # the latest
+    affected: tuple[Affected, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Folded:
-    """A further loss in a group with an open incident: part of it, no case of its own."""
+    """A further loss (or mains-lost report) in a group with an open incident: part of it,
+    no case of its own."""
+
+    key: DeviceKey
+    group: GroupKey
+    reason: str = LINK
+    affected: Affected | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A member of an open incident is no longer affected (heard from, mains back)."""
 
     key: DeviceKey
     group: GroupKey
@@ -222,10 +257,14 @@ class Folded:
 
 @dataclass(frozen=True, slots=True)
 class IncidentClosed:
-    """Enough devices are back; ``still_silent`` get their own technical cases."""
+    """Enough devices are back; ``still_affected`` get their own technical cases."""
 
     group: GroupKey
-    still_silent: tuple[DeviceKey, ...]
+    still_affected: tuple[Affected, ...]
+
+    @property
+    def still_silent(self) -> tuple[DeviceKey, ...]:
+        return tuple(a.key for a in self.still_affected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,18 +274,25 @@ class Cleared:
     key: DeviceKey
 
 
-OutageAction: TypeAlias = Individual | IncidentOpened | Folded | IncidentClosed | Cleared
+OutageAction: TypeAlias = (
+    Individual | IncidentOpened | Folded | Recovered | IncidentClosed | Cleared
+)
 
 
 @dataclass(slots=True)
 class _Group:
     pending: dict[DeviceKey, datetime] = field(default_factory=dict)  # lost, not yet reported
-    incident: dict[DeviceKey, bool] | None = None  # member -> still silent
+    incident: dict[DeviceKey, bool] | None = None  # member -> still affected
     started_at: datetime | None = None
 
 
 class OutageTracker:
-    """Folds simultaneous losses in one area into one incident (see the module notes)."""
+    """Folds simultaneous losses in one area into one incident (see the module notes).
+
+    A device is *affected* while it has at least one reason: ``link_lost`` (from
+    ``Supervisor.due``) or ``mains_lost`` (the device's own report). It counts once toward
+    its group however many reasons it has, and is back only when its last reason ends
+    (``back(key, now, reason)``: heard from again, or a mains-restored report)."""
 
     def __init__(
         self,
@@ -263,17 +309,44 @@ class OutageTracker:
         self.battery_backup = battery_backup
         self._groups: dict[GroupKey, _Group] = {}
         self._group_of: dict[DeviceKey, GroupKey] = {}
+        self._why: dict[DeviceKey, dict[str, datetime]] = {}  # affected -> reason -> since
 
     @property
     def incidents(self) -> int:
         return sum(1 for g in self._groups.values() if g.incident is not None)
 
-    def lost(self, key: DeviceKey, group: GroupKey, now: datetime) -> list[OutageAction]:
+    def affected(self, key: DeviceKey) -> Affected | None:
+        """Why and since when ``key`` is affected, ``None`` if it is not."""
+        why = self._why.get(key)
+        if not why:
+            return None
+        since = min(why.values())
+        low, high = self.battery_backup
+        return Affected(key, tuple(sorted(why)), since, since + low, since + high)
+
+    def lost(
+        self,
+        key: DeviceKey,
+        group: GroupKey,
+        now: datetime,
+        reason: str = LINK,
+        since: datetime | None = None,
+    ) -> list[OutageAction]:
+        """``key`` is affected for ``reason`` (``since``: when that began, ``now`` if not
+        known, e.g. a silent device's last message)."""
+        why = self._why.setdefault(key, {})
+        fresh = reason not in why
+        if fresh:
+            why[reason] = since or now
         g = self._groups.setdefault(group, _Group())
         self._group_of[key] = group
         if g.incident is not None:
+            # every report from a member is folded again (a repeated mains-lost report
+            # after the first was folded opens a held case that must be folded too)
             g.incident[key] = True
-            return [Folded(key, group)]
+            return [Folded(key, group, reason, self.affected(key))]
+        if key in g.pending or not fresh:
+            return []  # counted already, or it has its own case for this reason
         g.pending[key] = now
         recent = [k for k, at in g.pending.items() if now - at < self.window]
         if len(recent) < self.threshold:
@@ -284,7 +357,8 @@ class OutageTracker:
         devices = tuple(g.pending)
         g.pending.clear()
         low, high = self.battery_backup
-        return [IncidentOpened(group, devices, started, started + low, started + high)]
+        affected = tuple(a for k in devices if (a := self.affected(k)) is not None)
+        return [IncidentOpened(group, devices, started, started + low, started + high, affected)]
 
     def tick(self, now: datetime) -> list[OutageAction]:
         """Losses still alone after the window become individual technical cases."""
@@ -292,11 +366,19 @@ class OutageTracker:
         for g in self._groups.values():
             ripe = [k for k, at in g.pending.items() if now - at >= self.window]
             for key in ripe:
-                out.append(Individual(key, g.pending.pop(key)))
+                reasons = tuple(sorted(self._why.get(key, {LINK: now})))
+                out.append(Individual(key, g.pending.pop(key), reasons))
         return out
 
-    def back(self, key: DeviceKey, now: datetime) -> list[OutageAction]:
-        """``key`` was heard from again."""
+    def back(self, key: DeviceKey, now: datetime, reason: str = LINK) -> list[OutageAction]:
+        """``key``'s ``reason`` is over (heard from again; mains restored)."""
+        why = self._why.get(key)
+        if why is None or reason not in why:
+            return []
+        del why[reason]
+        if why:
+            return []  # still affected for another reason (silent, or still on battery)
+        del self._why[key]
         group = self._group_of.pop(key, None)
         if group is None:
             return []
@@ -310,10 +392,11 @@ class OutageTracker:
         silent = [k for k, s in g.incident.items() if s]
         back = len(g.incident) - len(silent)
         if back + 1e-9 < self.close_ratio * len(g.incident):  # 1e-9: 0.8 * 1000 in floats
-            return []
+            return [Recovered(key, group)]
         g.incident = None
         g.started_at = None
-        return [IncidentClosed(group, tuple(silent))]
+        still = tuple(a for k in silent if (a := self.affected(k)) is not None)
+        return [Recovered(key, group), IncidentClosed(group, still)]
 
     def next_tick(self) -> datetime | None:
         """When ``tick`` may next turn a pending loss into an individual case."""

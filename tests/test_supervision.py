@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alarmd.supervision import (
+    MAINS,
     Cleared,
     Folded,
     IncidentClosed,
@@ -18,6 +19,7 @@ from alarmd.supervision import (
     LinkLost,
     LinkRestored,
     OutageTracker,
+    Recovered,
     Supervisor,
 )
 
@@ -121,8 +123,9 @@ def test_one_area_silent_is_one_incident_not_a_thousand_cases() -> None:
     assert opened[0].batteries_from == opened[0].started_at + timedelta(hours=24)
     # once 80 % are back the incident closes; the 200 still silent get their own cases
     for n in range(799):
-        assert t.back(("dc09", f"D{n}"), T0 + 2 * HOUR) == []
-    [closed] = t.back(("dc09", "D799"), T0 + 2 * HOUR)
+        key = ("dc09", f"D{n}")
+        assert t.back(key, T0 + 2 * HOUR) == [Recovered(key, ("eksempel-kommune", "0001"))]
+    [_, closed] = t.back(("dc09", "D799"), T0 + 2 * HOUR)
     assert isinstance(closed, IncidentClosed)
     assert sorted(closed.still_silent) == sorted(("dc09", f"D{n}") for n in range(800, 1000))
     assert t.incidents == 0
@@ -163,3 +166,71 @@ def test_a_burst_of_due_hints_is_taken_in_bounded_calls() -> None:
         calls += 1
     assert len(found) == 5000
     assert calls == 5
+
+
+AREA = ("eksempel-kommune", "0001")
+
+
+def test_mains_lost_reports_count_with_silent_devices_toward_one_incident() -> None:
+    """600 silent and 400 on battery in one area within the window: one incident, the
+    mains-lost devices in it with their reason, none of them a case of its own."""
+    t = OutageTracker(threshold=20, window=5 * MIN)
+    rng = random.Random(2)
+    actions = []
+    for n in range(1000):
+        at = T0 + timedelta(seconds=rng.uniform(0, 120))
+        if n % 5 < 2:  # 400 devices report mains lost (and keep calling in on battery)
+            actions += t.lost(("dc09", f"D{n}"), AREA, at, MAINS, since=at - MIN)
+        else:
+            actions += t.lost(("dc09", f"D{n}"), AREA, at)
+    [opened] = [a for a in actions if isinstance(a, IncidentOpened)]
+    folded = [a for a in actions if isinstance(a, Folded)]
+    assert len(opened.devices) + len(folded) == 1000
+    assert (
+        sum(a.reason == MAINS for a in folded) + sum(a.reasons == (MAINS,) for a in opened.affected)
+        == 400
+    )
+    assert t.tick(T0 + HOUR) == []  # nobody gets a case of their own
+    mains = next(a for a in folded if a.reason == MAINS)
+    assert mains.affected is not None
+    assert mains.affected.batteries_by == mains.affected.since + 72 * HOUR
+
+
+def test_mains_lost_alone_would_not_reach_the_threshold_without_counting() -> None:
+    """Threshold 3: two silent and one mains-lost report make the incident; without the
+    report the two would each get their own case."""
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    assert t.lost(("dc09", "A"), AREA, T0) == []
+    assert t.lost(("dc09", "B"), AREA, T0 + MIN) == []
+    [opened] = t.lost(("scaip", "C"), AREA, T0 + 2 * MIN, MAINS)
+    assert isinstance(opened, IncidentOpened)
+    assert {a.key: a.reasons for a in opened.affected}[("scaip", "C")] == (MAINS,)
+    # a repeated report from a member is folded again (its new held case too)
+    [again] = t.lost(("scaip", "C"), AREA, T0 + 3 * MIN, MAINS)
+    assert again == Folded(("scaip", "C"), AREA, MAINS, t.affected(("scaip", "C")))
+
+
+def test_mains_restored_counts_back_and_a_device_is_back_only_when_every_reason_ended() -> None:
+    t = OutageTracker(threshold=2, window=5 * MIN, close_ratio=0.5)
+    t.lost(("dc09", "A"), AREA, T0, MAINS)
+    t.lost(("dc09", "A"), AREA, T0 + MIN)  # on battery, then silent too: still one device
+    [opened] = t.lost(("dc09", "B"), AREA, T0 + MIN, MAINS)
+    assert isinstance(opened, IncidentOpened) and len(opened.devices) == 2
+    assert t.back(("dc09", "A"), T0 + HOUR) == []  # heard from, but still on battery
+    still_b = t.affected(("dc09", "B"))
+    assert still_b is not None and still_b.reasons == (MAINS,)
+    assert t.back(("dc09", "A"), T0 + HOUR, MAINS) == [
+        Recovered(("dc09", "A"), AREA),
+        IncidentClosed(AREA, (still_b,)),
+    ]
+    assert t.incidents == 0
+
+
+def test_a_mains_lost_report_alone_is_pending_then_individual_and_a_restore_clears_it() -> None:
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    assert t.lost(("dc09", "A"), AREA, T0, MAINS) == []
+    assert t.tick(T0 + 5 * MIN) == [Individual(("dc09", "A"), T0, (MAINS,))]
+    assert t.lost(("dc09", "A"), AREA, T0 + 6 * MIN, MAINS) == []  # a repeat: its own case
+    assert t.tick(T0 + HOUR) == []
+    assert t.lost(("dc09", "B"), AREA, T0 + HOUR, MAINS) == []
+    assert t.back(("dc09", "B"), T0 + HOUR + MIN, MAINS) == [Cleared(("dc09", "B"))]
