@@ -359,6 +359,7 @@ class Daemon:
             protocol_defaults={
                 p: timedelta(seconds=s) for p, s in watch.protocol_defaults_s.items()
             },
+            engine=self.engine,  # mains-lost cases held, and folded into outage incidents
         )
         self.supervision.set_account_intervals(self._account_intervals(config))
         self.intake.add_listener(self.supervision.events_committed)

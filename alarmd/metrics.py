@@ -150,6 +150,12 @@ DETECTION_SECONDS = Histogram(
     buckets=(60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
     registry=REGISTRY,
 )
+OUTAGE_CASES_FOLDED = Counter(
+    "alarmd_outage_cases_folded_total",
+    "Technical cases (e.g. mains lost) folded into an outage incident instead of routed.",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 # --- daemon ------------------------------------------------------------------------------
 CONFIG_RELOAD_OK = Gauge(

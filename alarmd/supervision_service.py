@@ -7,13 +7,20 @@ this module does the I/O around it:
   with its last message from the events table, and resumes with a grace period, so that
   alarmd's own downtime is not blamed on devices (issue 6, start-up after downtime);
 * ``seen(protocol, source)`` is called for every committed event (an intake listener) and
-  for every DC-09 frame, NULL link tests included (``Dc09Receiver.heard``);
+  for every DC-09 frame, NULL link tests included (``Dc09Receiver.heard``); the events
+  supervision makes itself (code ``SUPERVISION``) are not signs of life;
+* a device's own mains-lost report (and its mains-restored report) counts toward its area's
+  outage like a link loss: the engine holds the report's technical case for the outage
+  window (``Engine.set_outage_hold``), and if the area's outage becomes an incident the
+  case is folded into it (``Engine.fold_outage``) instead of paging anyone;
 * ``run_due()`` turns the core's answers into events through intake, so that they are
   stored and open cases like any other event: ``link_lost`` for a device on its own (a
   technical case, routed by the tenant's rules), ``link_lost`` + restore when it returns
   (which closes that case unless someone holds it), and one ``link_lost`` event for a whole
   outage, from the source ``incident:<tenant>:<area>`` (one case, carrying the affected
-  devices and when their batteries run out). Real alarms never pass through here.
+  devices and when their batteries run out). Who is affected, why and since when is
+  written to the incident case's log (``outage_affected``, ``outage_back``), which is what
+  the API shows as the incident's affected users. Real alarms never pass through here.
 
 Tests call ``run_due()`` with a fake clock; the daemon runs ``start()``'s loop, which sleeps
 until the core's next deadline or a wake-up.
@@ -31,15 +38,21 @@ from alarmd.clock import Clock
 from alarmd.deadlines import DeadlineLoop
 from alarmd.intake import Intake
 from alarmd.model import Condition, Event, EventKind
+from alarmd.routing.engine import SUPERVISION_CODE, Engine
 from alarmd.store.db import Store, iso, parse_iso
 from alarmd.supervision import (
+    LINK,
+    MAINS,
+    Affected,
     DeviceKey,
+    Folded,
     IncidentClosed,
     IncidentOpened,
     Individual,
     LinkRestored,
     OutageAction,
     OutageTracker,
+    Recovered,
     Supervisor,
 )
 
@@ -67,8 +80,14 @@ class SupervisionService:
         outage_window: timedelta = timedelta(minutes=5),
         startup_grace: timedelta = timedelta(minutes=10),
         protocol_defaults: dict[str, timedelta] | None = None,
+        engine: Engine | None = None,
     ) -> None:
+        """``engine``: the routing engine whose mains-lost cases are held and folded into
+        outage incidents (without it only link losses are grouped)."""
         self._store = store
+        self._engine = engine
+        if engine is not None:
+            engine.set_outage_hold(outage_window)
         self._intake = intake
         self._clock = clock
         self._startup_grace = startup_grace
@@ -77,7 +96,10 @@ class SupervisionService:
         self.core = Supervisor()
         self.outages = OutageTracker(outage_threshold, outage_window)
         self._groups: dict[DeviceKey, tuple[str, str]] = {}  # device -> (tenant, area)
+        # every directory device's area, supervised or not (mains-lost reports)
+        self._areas: dict[DeviceKey, tuple[str, str]] = {}
         self._restored: list[LinkRestored] = []
+        self._mains: list[tuple[DeviceKey, Condition, datetime]] = []
         self._loop = DeadlineLoop(
             "supervision", clock, self.run_due, self._next_due, min_sleep_s=0.05
         )
@@ -128,6 +150,11 @@ class SupervisionService:
                 else:
                     continue  # nobody said how often this device calls in
             rows.append((*row[:2], seconds, *row[3:]))
+        self._areas = {
+            (str(r[0]), str(r[1])): (str(r[3]), str(r[4]) or "-")
+            for r in found
+            if (str(r[0]), str(r[1])) in known
+        }
         now = self._clock.now()
         for protocol, identity, seconds, tenant, postcode, last in rows:
             key = (str(protocol), str(identity))
@@ -164,8 +191,13 @@ class SupervisionService:
         """Intake's listener: every stored event is a sign of life from its device."""
         assert isinstance(events, list | tuple)
         for event in events:
-            if event.protocol != INCIDENT:
-                self.seen(event.protocol, event.source)
+            if event.protocol == INCIDENT or event.code == SUPERVISION_CODE:
+                continue  # what supervision said itself is no sign of life
+            self.seen(event.protocol, event.source)
+            if event.kind is EventKind.MAINS_LOST and self._engine is not None:
+                since = event.occurred_at or event.received_at
+                self._mains.append(((event.protocol, event.source), event.condition, since))
+                self._loop.wake()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -174,6 +206,8 @@ class SupervisionService:
 
     async def stop(self) -> None:
         await self._loop.stop()
+        if self._engine is not None:
+            self._engine.set_outage_hold(None)
 
     def wake(self) -> None:
         self._loop.wake()
@@ -185,23 +219,37 @@ class SupervisionService:
     async def run_due(self) -> int:
         """Report what is due now; returns how many events were submitted."""
         now = self._clock.now()
-        events: list[Event] = []
+        work = _Work()
         restored, self._restored = self._restored, []
         for back in restored:
-            events.append(self._link_event(back.key, Condition.RESTORE, now, back.lost_at))
-            events += self._outage_events(self.outages.back(back.key, now), now)
+            work.events.append(self._link_event(back.key, Condition.RESTORE, now, back.lost_at))
+            self._outage_events(self.outages.back(back.key, now), now, work)
+        mains, self._mains = self._mains, []
+        for key, condition, since in mains:
+            area = self._areas.get(key)
+            if area is None:
+                continue  # not in the directory: its case was not held either
+            if condition is Condition.RESTORE:
+                actions = self.outages.back(key, now, MAINS)
+            else:
+                actions = self.outages.lost(key, area, now, MAINS, since)
+            self._outage_events(actions, now, work)
         while (deadline := self.core.next_deadline()) is not None and deadline <= now:
             for lost in self.core.due(now):
                 metrics.DETECTION_SECONDS.observe((now - lost.last_seen).total_seconds())
                 group = self._groups.get(lost.key, ("", "-"))
-                actions = self.outages.lost(lost.key, group, now)
-                events += self._outage_events(actions, now)
-        events += self._outage_events(self.outages.tick(now), now)
-        if events:
-            await self._intake.submit(events)
+                actions = self.outages.lost(lost.key, group, now, LINK, lost.last_seen)
+                self._outage_events(actions, now, work)
+        self._outage_events(self.outages.tick(now), now, work)
+        self._own_cases_after_close(work, now)
+        if work.events:
+            await self._intake.submit(work.events)
+        if self._engine is not None:
+            for source, entries, fold in work.incidents():
+                await self._engine.fold_outage((INCIDENT, source), entries, fold)
         metrics.DEVICES_OVERDUE.set(self.core.lost)
         metrics.OUTAGE_INCIDENTS_OPEN.set(self.outages.incidents)
-        return len(events)
+        return len(work.events)
 
     def _link_event(
         self, key: DeviceKey, condition: Condition, now: datetime, lost_at: datetime
@@ -221,21 +269,49 @@ class SupervisionService:
             received_at=now,
             dedup_key=f"supervision:{protocol}:{source}:{iso(lost_at)}:{condition.value}",
             raw=b"",
-            code="SUPERVISION",
+            code=SUPERVISION_CODE,
             text=text,
         )
 
-    def _outage_events(self, actions: list[OutageAction], now: datetime) -> list[Event]:
-        events: list[Event] = []
+    def _still_on_battery(self, key: DeviceKey, now: datetime) -> Event:
+        """A member still without mains when its incident closed: its own technical case
+        (its report's case was folded into the incident)."""
+        protocol, source = key
+        return Event(
+            protocol=protocol,
+            source=source,
+            kind=EventKind.MAINS_LOST,
+            condition=Condition.ALARM,
+            priority=EventKind.MAINS_LOST.default_priority,
+            received_at=now,
+            dedup_key=f"supervision:{protocol}:{source}:{iso(now)}:mains_after_outage",
+            raw=b"",
+            code=SUPERVISION_CODE,
+            text="still on battery (mains lost) after the outage incident closed",
+        )
+
+    def _outage_events(self, actions: list[OutageAction], now: datetime, work: _Work) -> None:
         for action in actions:
             if isinstance(action, Individual):
-                events.append(self._link_event(action.key, Condition.ALARM, now, action.lost_at))
+                if LINK in action.reasons and self.core.is_lost(action.key):
+                    work.events.append(
+                        self._link_event(action.key, Condition.ALARM, now, action.lost_at)
+                    )
+                # a mains-lost report alone: the engine routes its held case by itself
+            elif isinstance(action, Folded):
+                tenant, area = _area(action.group)
+                if action.affected is not None:
+                    work.affected(tenant, area, action.affected)
+                if action.reason == MAINS:
+                    work.fold(tenant, area, action.key)
+            elif isinstance(action, Recovered):
+                work.back(*_area(action.group), action.key)
             elif isinstance(action, IncidentOpened):
                 tenant, area = _area(action.group)
                 log.warning(
                     "outage_incident_opened", tenant=tenant, area=area, devices=len(action.devices)
                 )
-                events.append(
+                work.events.append(
                     Event(
                         protocol=INCIDENT,
                         source=f"incident:{tenant}:{area}",
@@ -246,7 +322,8 @@ class SupervisionService:
                         dedup_key=f"incident:{tenant}:{area}:{iso(action.started_at)}",
                         raw=b"",
                         code="OUTAGE",
-                        text=f"{len(action.devices)} devices in area {area} silent at once",
+                        text=f"{len(action.devices)} devices in area {area} silent or on"
+                        " battery at once",
                         attributes={
                             "devices": " ".join(f"{p}:{s}" for p, s in action.devices),
                             "batteries_from": iso(action.batteries_from),
@@ -254,15 +331,19 @@ class SupervisionService:
                         },
                     )
                 )
+                work.opened(tenant, area, action.affected)
+                for affected in action.affected:
+                    if MAINS in affected.reasons:
+                        work.fold(tenant, area, affected.key)
             elif isinstance(action, IncidentClosed):
                 tenant, area = _area(action.group)
                 log.info(
                     "outage_incident_closed",
                     tenant=tenant,
                     area=area,
-                    still_silent=len(action.still_silent),
+                    still_silent=len(action.still_affected),
                 )
-                events.append(
+                work.events.append(
                     Event(
                         protocol=INCIDENT,
                         source=f"incident:{tenant}:{area}",
@@ -273,15 +354,101 @@ class SupervisionService:
                         dedup_key=f"incident:{tenant}:{area}:{iso(now)}:restore",
                         raw=b"",
                         code="OUTAGE",
-                        text=f"outage over; {len(action.still_silent)} devices still silent",
+                        text=f"outage over; {len(action.still_affected)} devices still"
+                        " silent or on battery",
                     )
                 )
-                for key in action.still_silent:
-                    # heard from in the same pass (the incident closed half-way through
-                    # a burst of returns): no case for a device that is back
-                    if self.core.is_lost(key):
-                        events.append(self._link_event(key, Condition.ALARM, now, now))
-        return events
+                # each gets its own case at the end of the pass, if still affected then
+                # (the incident may close half-way through a burst of returns)
+                work.after_close += [a.key for a in action.still_affected]
+
+    def _own_cases_after_close(self, work: _Work, now: datetime) -> None:
+        for key in dict.fromkeys(work.after_close):
+            still = self.outages.affected(key)
+            if still is None:
+                continue  # back in the same pass: no case for a device that is back
+            if LINK in still.reasons and self.core.is_lost(key):
+                work.events.append(self._link_event(key, Condition.ALARM, now, now))
+            elif MAINS in still.reasons:
+                work.events.append(self._still_on_battery(key, now))
+
+
+class _Work:
+    """What one pass of ``run_due`` submits: events, and per incident the log rows that
+    say who is affected or back, and the devices whose mains-lost cases are folded in."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.after_close: list[DeviceKey] = []  # members of incidents closed in this pass
+        # incident source -> ([(log type, data)], devices to fold), in the order they happened
+        self._incidents: dict[str, tuple[list[tuple[str, dict[str, Any]]], list[DeviceKey]]]
+        self._incidents = {}
+
+    def _of(
+        self, tenant: str, area: str
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[DeviceKey]]:
+        return self._incidents.setdefault(f"incident:{tenant}:{area}", ([], []))
+
+    def _entry(self, tenant: str, area: str, type_: str, opened: bool = False) -> dict[str, Any]:
+        entries, _ = self._of(tenant, area)
+        if not opened and entries and entries[-1][0] == type_:
+            return entries[-1][1]  # one log row per pass, not one per device
+        data: dict[str, Any] = {"devices": []}
+        if type_ == AFFECTED:
+            data["opened"] = opened
+        entries.append((type_, data))
+        return data
+
+    def opened(self, tenant: str, area: str, who: tuple[Affected, ...]) -> None:
+        """An incident opened: its whole membership (a restart's new incident for the same
+        area, joining the open case, replaces what the case knew)."""
+        data = self._entry(tenant, area, AFFECTED, opened=True)
+        data["devices"] += [_member(a) for a in who]
+
+    def affected(self, tenant: str, area: str, who: Affected) -> None:
+        self._entry(tenant, area, AFFECTED)["devices"].append(_member(who))
+
+    def back(self, tenant: str, area: str, key: DeviceKey) -> None:
+        self._entry(tenant, area, BACK)["devices"].append(f"{key[0]}:{key[1]}")
+
+    def fold(self, tenant: str, area: str, key: DeviceKey) -> None:
+        self._of(tenant, area)[1].append(key)
+
+    def incidents(
+        self,
+    ) -> list[tuple[str, list[tuple[str, str, dict[str, Any]]], list[DeviceKey]]]:
+        """(incident source, log entries with their messages, devices to fold)."""
+        out = []
+        for source, (entries, fold) in self._incidents.items():
+            rows = []
+            for type_, data in entries:
+                devices = data["devices"]
+                if type_ == BACK:
+                    message = f"{len(devices)} device(s) back"
+                else:
+                    mains = sum(MAINS in d["reasons"] for d in devices)
+                    message = (
+                        f"{len(devices)} device(s) {'in the outage' if data['opened'] else 'more'}"
+                        f": {len(devices) - mains} silent, {mains} mains lost (on battery)"
+                    )
+                rows.append((type_, message, data))
+            out.append((source, rows, fold))
+        return out
+
+
+def _member(who: Affected) -> dict[str, Any]:
+    protocol, source = who.key
+    return {
+        "device": f"{protocol}:{source}",
+        "reasons": list(who.reasons),
+        "since": iso(who.since),
+        "batteries_from": iso(who.batteries_from),
+        "batteries_by": iso(who.batteries_by),
+    }
+
+
+AFFECTED = "outage_affected"  # case-log types on an incident: who is affected, who is back
+BACK = "outage_back"
 
 
 def _area(group: object) -> tuple[str, str]:

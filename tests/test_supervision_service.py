@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alarmd.clock import FakeClock
-from alarmd.model import EventKind
+from alarmd.model import Condition, EventKind
 from alarmd.store.db import Store
 from alarmd.supervision_service import SupervisionService
 
@@ -47,6 +48,7 @@ class Supervised:
             outage_threshold=20,
             outage_window=timedelta(minutes=5),
             startup_grace=timedelta(minutes=10),
+            engine=self.world.engine,
         )
         self.world.intake.add_listener(self.service.events_committed)
 
@@ -224,3 +226,171 @@ async def test_a_protocol_default_supervises_devices_nobody_gave_an_interval(
     sup.service.protocol_defaults = {"scaip": timedelta(minutes=30)}
     await sup.service.reload()
     assert ("scaip", "7001") in sup.service._groups
+
+
+async def test_a_link_lost_case_is_not_closed_by_its_own_event(sup: Supervised) -> None:
+    """Supervision's own link_lost event is no sign of life from the device: the case stays
+    open until the device itself is heard from (it used to close a pass later)."""
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)
+    for _ in range(4):
+        await sup.step(4 * 60)
+        sup.beat(*EVERYONE)
+    assert sup.cases() == [("1234", "link_lost", "notifying", None)]
+    for _ in range(3):
+        await sup.step(60)
+        sup.beat(*EVERYONE)
+    assert sup.cases() == [("1234", "link_lost", "notifying", None)]
+    assert sup.service.core.is_lost(("dc09", "1234"))
+
+
+MAINS_USERS = EVERYONE[:400]  # report mains lost and keep calling in on battery
+SILENT_USERS = EVERYONE[400:]  # simply go silent
+
+
+async def mains_lost(sup: Supervised, *sources: str, restored: bool = False) -> None:
+    for source in sources:
+        await sup.world.send(
+            EventKind.MAINS_LOST,
+            source=source,
+            condition=Condition.RESTORE if restored else Condition.ALARM,
+        )
+
+
+def affected_in_log(sup: Supervised, case_id: int) -> dict[str, list[str]]:
+    """Replays the incident's outage_affected/outage_back log rows: device -> reasons."""
+    members: dict[str, list[str]] = {}
+    for type_, data in sup.world.q(
+        "SELECT type, data FROM case_log WHERE case_id = ? AND type LIKE 'outage_%' ORDER BY id",
+        case_id,
+    ):
+        body = json.loads(data)
+        if type_ == "outage_back":
+            for device in body["devices"]:
+                members.pop(device, None)
+            continue
+        if body["opened"]:
+            members = {}
+        for d in body["devices"]:
+            members[d["device"]] = sorted(set(members.get(d["device"], [])) | set(d["reasons"]))
+    return members
+
+
+async def test_600_silent_and_400_mains_lost_is_one_incident_and_no_one_is_paged(
+    sup: Supervised,
+) -> None:
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)  # T0+5: everyone calls in
+    # a power cut in postcode 0002: 400 report mains lost over two minutes and go on
+    # calling in on battery; the other 600 fall silent (their limit ends at T0+11)
+    await sup.step(4 * 60)
+    await mains_lost(sup, *MAINS_USERS[:200])
+    sup.beat("1234", *MAINS_USERS)
+    await sup.step(60)
+    await mains_lost(sup, *MAINS_USERS[200:])
+    sup.beat("1234", *MAINS_USERS)
+    for _ in range(10):  # past the silent ones' detection and every hold (window 5 min)
+        await sup.step(60)
+        sup.beat("1234", *MAINS_USERS)
+
+    open_cases = sup.world.q("SELECT id, source, kind FROM cases WHERE closed_at IS NULL")
+    [(incident_id, source, kind)] = open_cases
+    assert (source, kind) == ("incident:eksempel-kommune:0002", "link_lost")
+    # the 400 mains-lost reports each opened a technical case, held, then folded into the
+    # incident: closed, never routed, nobody notified
+    folded = sup.world.q(
+        "SELECT count(*), min(outcome), max(outcome), min(close_note), max(mode) FROM cases"
+        " WHERE kind = 'mains_lost'"
+    )
+    note = f"folded into outage incident case {incident_id}"
+    assert folded == [(400, "technical", "technical", note, None)]
+    assert sup.world.q("SELECT count(*) FROM cases WHERE kind = 'link_lost'") == [(1,)]
+    assert sup.world.q("SELECT count(*) FROM outbox") == [(0,)]  # no one paged
+    members = affected_in_log(sup, incident_id)
+    assert len(members) == 1000
+    assert members["dc09:A7"] == ["mains_lost"]
+    assert members["dc09:A700"] == ["link_lost"]
+
+    # an affected user on battery presses the pendant: routed at once, never folded or held
+    event_id = await sup.world.send(EventKind.ASSISTANCE, source="A7")
+    await sup.world.engine.run_due()
+    case = sup.world.q("SELECT kind, state, mode FROM cases WHERE first_event_id = ?", event_id)
+    assert case == [("assistance", "at_centre", "routing_with_backup")]
+
+    # power back: mains restored for the 400, 550 of the silent call in again (95 %): the
+    # incident closes, and the 50 still silent get their own technical cases
+    await mains_lost(sup, *MAINS_USERS, restored=True)
+    sup.beat(*MAINS_USERS, *SILENT_USERS[:550])
+    await sup.step(1)
+    assert sup.world.q("SELECT state, outcome FROM cases WHERE id = ?", incident_id) == [
+        ("closed", "technical")
+    ]
+    own = sup.world.q(
+        "SELECT count(*) FROM cases WHERE kind = 'link_lost' AND closed_at IS NULL"
+        " AND source NOT LIKE 'incident:%'"
+    )
+    assert own == [(50,)]
+    assert sup.service.outages.incidents == 0
+
+
+async def test_mains_lost_reports_are_what_makes_the_threshold(sup: Supervised) -> None:
+    """Threshold 20: 12 silent devices alone would each get their own case; with 10
+    neighbours reporting mains lost in the same window it is one incident."""
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)
+    alive = ["1234", *EVERYONE[12:]]
+    await sup.step(5 * 60)
+    sup.beat(*alive)
+    await mains_lost(sup, *EVERYONE[12:22])  # T0+10; A0..A11 are lost at T0+11
+    for _ in range(10):
+        await sup.step(60)
+        sup.beat(*alive)
+    open_cases = sup.world.q("SELECT source, kind FROM cases WHERE closed_at IS NULL")
+    assert open_cases == [("incident:eksempel-kommune:0002", "link_lost")]
+    assert sup.world.q("SELECT count(*) FROM outbox") == [(0,)]
+
+
+async def test_a_lone_mains_lost_report_is_held_for_the_window_then_routed(
+    sup: Supervised,
+) -> None:
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)
+    event_id = await sup.world.send(EventKind.MAINS_LOST, source="A1")
+    await sup.step(0)
+    rows = sup.world.q("SELECT state, next_step_at FROM cases WHERE first_event_id = ?", event_id)
+    assert rows == [("new", "2026-03-02T09:10:00.000000Z")]  # held for the outage window
+    await sup.step(4 * 60)
+    sup.beat("1234", *EVERYONE)
+    assert sup.world.q("SELECT state FROM cases") == [("new",)]
+    await sup.step(60)  # the window is over and no neighbour followed: its own case
+    assert sup.world.q("SELECT kind, state, queue FROM cases") == [
+        ("mains_lost", "notifying", "technical")
+    ]
+    # a mains-lost report of another device, restored within the window: never routed
+    other = await sup.world.send(EventKind.MAINS_LOST, source="A2")
+    await sup.step(60)
+    await mains_lost(sup, "A2", restored=True)
+    await sup.step(5 * 60)
+    assert sup.world.q("SELECT state, mode FROM cases WHERE first_event_id = ?", other) == [
+        ("closed", None)
+    ]
+
+
+async def test_a_member_still_on_battery_when_the_incident_closes_gets_its_own_case(
+    sup: Supervised,
+) -> None:
+    await sup.step(5 * 60)
+    sup.beat("1234", *EVERYONE)
+    await mains_lost(sup, *EVERYONE[:100])
+    await sup.step(60)
+    assert sup.service.outages.incidents == 1
+    await mains_lost(sup, "A5")  # reported again after its first case was folded
+    await sup.step(60)
+    assert sup.world.q("SELECT count(*) FROM cases WHERE closed_at IS NULL") == [(1,)]
+    await mains_lost(sup, *EVERYONE[:90], restored=True)
+    await sup.step(1)
+    open_cases = sup.world.q(
+        "SELECT source, kind, state FROM cases WHERE closed_at IS NULL ORDER BY source"
+    )
+    assert len(open_cases) == 10
+    assert {(kind, state) for _, kind, state in open_cases} == {("mains_lost", "notifying")}

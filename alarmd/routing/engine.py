@@ -97,6 +97,11 @@ DISPATCH_TARGETS = ("home_care", "next_of_kin", "ambulance")
 # Events that open or join a case; informational ones only touch open cases.
 _INFO_TOUCHING = {EventKind.CARER_PRESENT, EventKind.CANCEL, EventKind.CHECK_OUT}
 
+# A report of these kinds may be part of a mass outage: its case waits for supervision's
+# verdict (``Engine.set_outage_hold``). Alarms are never here.
+OUTAGE_HELD_KINDS = frozenset({EventKind.MAINS_LOST})
+SUPERVISION_CODE = "SUPERVISION"  # the code of events supervision makes itself
+
 FALLBACK_CENTRE = CentreStep(
     accept_within=timedelta(minutes=2), re_alert_every=timedelta(minutes=1)
 )
@@ -163,6 +168,7 @@ class Engine:
         self._outbox_listeners: list[Callable[[], None]] = []
         self._case_listeners: list[Callable[[Iterable[int]], None]] = []
         self._pending: _JobOutcome = _JobOutcome()  # on_event's effects, until intake commits
+        self._outage_hold: timedelta | None = None
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -171,6 +177,14 @@ class Engine:
         self._router = router
         if fallback_centre is not None:
             self._fallback_centre = fallback_centre
+
+    def set_outage_hold(self, window: timedelta | None) -> None:
+        """Hold a new mains-lost case of a registered device for ``window`` before routing
+        it, so that supervision can fold it into an outage incident if its neighbours lose
+        power too (``fold_outage``); alone, it is routed when the hold ends, like a technical
+        notice held to office hours. Events alarmd makes itself (code ``SUPERVISION``) and
+        every alarm are never held. ``None`` (no supervision) holds nothing."""
+        self._outage_hold = window
 
     def on_outbox(self, listener: Callable[[], None]) -> None:
         """Called after a commit that queued notifications (the dispatcher's ``wake``)."""
@@ -350,6 +364,14 @@ class Engine:
         flags = set(event.flags)
         if user_id is None and event.protocol != "supervision":  # an outage has no one user
             flags.add(Flag.UNREGISTERED)
+        due = now
+        if (
+            self._outage_hold is not None
+            and event.kind in OUTAGE_HELD_KINDS
+            and device is not None
+            and event.code != SUPERVISION_CODE
+        ):
+            due = now + self._outage_hold
         cursor = conn.execute(
             "INSERT INTO cases (tenant, user_id, open_key, protocol, source, kind, category,"
             " queue, priority, flags, state, next_step_at, opened_at, updated_at,"
@@ -365,7 +387,7 @@ class Engine:
                 "technical" if category is Category.TECHNICAL else "alarm",
                 int(event.priority),
                 ",".join(sorted(f.value for f in flags)),
-                iso(now),
+                iso(due),
                 iso(now),
                 iso(now),
                 event_id,
@@ -383,8 +405,18 @@ class Engine:
             + ("" if user_id is not None else " (no service user registered for this device)"),
             {"event_id": event_id},
         )
+        if due > now:
+            case_store.append_log(
+                conn,
+                case_id,
+                now,
+                SYSTEM,
+                "held",
+                f"held until {iso(due)}: folded into an outage incident if its area loses"
+                " power too, routed on its own otherwise",
+            )
         metrics.CASES_OPENED.labels(category.value).inc()
-        out.deadlines.append((case_id, now))
+        out.deadlines.append((case_id, due))
         out.changed.append(case_id)
 
     def _info_event(
@@ -442,6 +474,77 @@ class Engine:
             (iso(now), Outcome.TECHNICAL.value, why, iso(now), case.id),
         )
         case_store.append_log(conn, case.id, now, SYSTEM, "closed", f"closed: {why}")
+
+    # --- outages: supervision folds technical cases into an incident -------------------------
+
+    async def fold_outage(
+        self,
+        incident: tuple[str, str],
+        entries: Sequence[tuple[str, str, dict[str, Any]]],
+        fold: Sequence[tuple[str, str]],
+        *,
+        kind: EventKind = EventKind.LINK_LOST,
+        fold_kind: EventKind = EventKind.MAINS_LOST,
+    ) -> int | None:
+        """Record an outage's members on its incident case, and fold technical cases into it.
+
+        ``incident`` is the (protocol, source) of the incident's events, whose latest case
+        (of ``kind``) gets ``entries`` as log rows (type, message, data). For each device in
+        ``fold``, its open ``fold_kind`` case is closed as folded into the incident, unless
+        someone has accepted it (then it is theirs). Returns the incident case's id, ``None``
+        if there is no such case. Alarms never come here."""
+        protocol, source = incident
+
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome()
+            row = conn.execute(
+                "SELECT id FROM cases WHERE open_key = ? ORDER BY id DESC LIMIT 1",
+                (f"src:{protocol}:{source}|{kind.value}",),
+            ).fetchone()
+            if row is None:
+                return out
+            incident_id = out.case_id = int(row[0])
+            now = self._clock.now()
+            for type_, message, data in entries:
+                case_store.append_log(conn, incident_id, now, SYSTEM, type_, message, data)
+            for device_protocol, identity in fold:
+                device = find_device(conn, device_protocol, identity)
+                base = (
+                    f"user:{device.user_id}"
+                    if device is not None and device.user_id is not None
+                    else f"src:{device_protocol}:{identity}"
+                )
+                found = conn.execute(
+                    "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL",
+                    (f"{base}|{fold_kind.value}",),
+                ).fetchone()
+                case = None if found is None else case_store.load_case(conn, int(found[0]))
+                if case is None or case.accepted_by is not None or case.id == incident_id:
+                    continue
+                why = f"folded into outage incident case {incident_id}"
+                if case.escalation is None:
+                    self._store_unrouted_close(conn, case, now, why)
+                else:
+                    conn.execute("UPDATE cases SET close_note = ? WHERE id = ?", (why, case.id))
+                    self._apply(
+                        conn,
+                        case,
+                        Close(SYSTEM, Outcome.TECHNICAL.value, now),
+                        now,
+                        out,
+                        actor=SYSTEM,
+                    )
+                case_store.append_log(
+                    conn, case.id, now, SYSTEM, "folded", why, {"incident": incident_id}
+                )
+                metrics.OUTAGE_CASES_FOLDED.labels(fold_kind.value).inc()
+                out.changed.append(case.id)
+            out.changed.append(incident_id)
+            return out
+
+        outcome = await self._store.writer.submit(job)
+        self._after_commit(outcome)
+        return outcome.case_id
 
     # --- door 2: deadlines --------------------------------------------------------------------
 

@@ -251,3 +251,25 @@ async def test_a_step_nobody_can_be_reached_in_escalates_at_once(tmp_path: Path)
         m for t, m in world.log() if t == "escalated"
     )
     await store.close()
+
+
+async def test_outage_hold_delays_only_a_mains_lost_case_never_an_alarm(world: World) -> None:
+    """With supervision running, a mains-lost report's case waits for the outage window (it
+    may be folded into an incident); a fall from the same user is routed at once."""
+    world.engine.set_outage_hold(timedelta(minutes=5))
+    await world.send(EventKind.MAINS_LOST)
+    await world.send(EventKind.FALL)
+    await world.tick()
+    rows = world.q("SELECT kind, state, next_step_at FROM cases ORDER BY id")
+    assert rows == [
+        ("mains_lost", "new", "2026-03-02T09:05:00.000000Z"),
+        ("fall", "notifying", "2026-03-02T09:03:00.000000Z"),
+    ]
+    assert "held" in world.types(1)
+    # nothing to fold into: no incident case exists
+    assert (
+        await world.engine.fold_outage(("supervision", "incident:x:1"), [], [("dc09", "1234")])
+        is None
+    )
+    await world.tick(5 * 60)
+    assert world.q("SELECT state, queue FROM cases WHERE id = 1") == [("notifying", "technical")]
