@@ -81,6 +81,16 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+# Checkpoint the WAL into the database every 10,000 pages (40 MB at 4 KB pages) rather than
+# SQLite's 1,000. Each event dirties a leaf page in two indexes keyed by account (events_dedup,
+# events_source), and a group commit writes every dirty page whole; consecutive commits
+# dirty mostly the same leaves, so a longer WAL copies each of them to the database once
+# per checkpoint instead of once every few commits. Measured on the events table at 100-150k
+# rows, 100 events per commit: 45 -> 30-36 us of CPU and 61-100 -> 37-43 us of wall time per
+# event; 5,000 and 20,000 were no better. Recovery after a crash reads at most this WAL.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database with the pragmas every alarmd connection needs."""
     if readonly:
@@ -94,6 +104,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: could not switch to WAL journal mode (got {mode!r})")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

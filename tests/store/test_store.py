@@ -11,7 +11,7 @@ import pytest
 
 from alarmd.intake import Intake
 from alarmd.model import Condition, Event, EventKind, Flag
-from alarmd.store.db import Store, StoreError, migrate
+from alarmd.store.db import WAL_AUTOCHECKPOINT_PAGES, Store, StoreError, migrate
 from alarmd.store.events import count_events, list_events
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -82,6 +82,10 @@ async def test_writer_connection_is_wal_full(store: Store) -> None:
         )
     )
     assert (mode, sync) == ("wal", 2)
+    pages = await store.writer.submit(
+        lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    )
+    assert pages == WAL_AUTOCHECKPOINT_PAGES
 
 
 async def test_submit_returns_after_commit_and_keeps_raw(store: Store) -> None:
