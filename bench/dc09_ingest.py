@@ -214,6 +214,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _io(pid: int) -> tuple[int, int]:
+    """(bytes the process had written to storage, write syscalls) so far."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["write_bytes"]), int(fields["syscw"])
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -371,8 +377,10 @@ def run_load(
         first += share
     time.sleep(max(0.0, start_at + warmup - time.time()))
     cpu0, t0 = _cpu_seconds(server.proc.pid), time.perf_counter()
+    io0 = _io(server.proc.pid)
     outs = [child.communicate(timeout=duration + warmup + 120)[0] for child in children]
     cpu1, t1 = _cpu_seconds(server.proc.pid), time.perf_counter()
+    io1 = _io(server.proc.pid)
     parts = [json.loads(out) for out in outs]
     hist: Counter[int] = Counter()
     for part in parts:
@@ -388,6 +396,10 @@ def run_load(
         "non_ack_replies": sum(part["non_ack_replies"] for part in parts),
         "server_cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
         "client_cpu_pct": 100.0 * sum(part["client_cpu_s"] for part in parts) / duration,
+        # per acknowledged event: bytes written to storage (WAL, checkpoints) and write
+        # syscalls (socket writes included)
+        "disk_bytes_per_event": (io1[0] - io0[0]) / acked if acked else 0.0,
+        "writes_per_event": (io1[1] - io0[1]) / acked if acked else 0.0,
     }
 
 
@@ -525,7 +537,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     print(f"load generator: {args.clients} client process(es)\n")
     print(
         f"{'server':11} {'conns':>5} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'srv CPU%':>8} {'cli CPU%':>8}"
+        f" {'srv CPU%':>8} {'cli CPU%':>8} {'disk B/ev':>9} {'writes/ev':>9}"
     )
     for name, r in results.items():
         for row in r["load"]:
@@ -533,6 +545,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
                 f"{name:11} {row['connections']:>5} {row['events_per_s']:>10.0f} "
                 f"{row['p50_ms'] or 0:>8.2f} {row['p99_ms'] or 0:>8.2f}"
                 f" {row['server_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f}"
+                f" {row['disk_bytes_per_event']:>9.0f} {row['writes_per_event']:>9.1f}"
             )
     if "null" in results and "pysiaalarm" in results:
         print("\nnull receiver (load generator ceiling) / pysiaalarm (events/s):")
