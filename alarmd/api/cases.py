@@ -6,6 +6,10 @@ acts as the person it was created for (``staff:<id>``) and may take only a case 
 notified about (the escalation state machine checks that). A refusal (someone else holds
 the case, the case is closed) is a 409 that says why: a conflict is explained, never silent.
 
+An outage incident's case (many devices of one area silent or on battery at once) also
+lists its ``affected`` users: who, where, which device, why, since when, and when their
+batteries are expected to run out; each user's read is audited like the case's.
+
 Every request is scoped to the token's tenants; a case of another tenant is "not found",
 so a tenant-scoped token cannot even learn that it exists. Cases from unregistered sources
 (no tenant) are the centre's: only tokens for every tenant see them.
@@ -13,6 +17,7 @@ so a tenant-scoped token cannot even learn that it exists. Cases from unregister
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -108,19 +113,137 @@ async def get_case(request: web.Request) -> web.Response:
     case, log = await _visible_case(request)
     context = request.app[CONTEXT]
     clock = context.engine.clock if context.engine is not None else SystemClock()
-    await context.store.writer.submit(
+    affected: list[dict[str, Any]] | None = None
+    if case.protocol == INCIDENT_PROTOCOL:
+        affected = await _affected_users(context.store.reader, case, log, info)
+    now = clock.now()
+    reads = [
         audit.record_job(
-            clock.now(), info.name, info.role, "read_case", f"case:{case.id}", f"case:{case.id}"
+            now, info.name, info.role, "read_case", f"case:{case.id}", f"case:{case.id}"
         )
-    )
+    ]
+    for who in affected or []:  # each affected user's personal data read is its own row
+        if who["ref"] is not None:
+            reads.append(
+                audit.record_job(
+                    now,
+                    info.name,
+                    info.role,
+                    "read_user",
+                    f"user:{who['tenant']}/{who['ref']}",
+                    f"affected by outage incident case:{case.id}",
+                )
+            )
+
+    def record(conn: sqlite3.Connection) -> None:
+        for job in reads:
+            job(conn)
+
+    await context.store.writer.submit(record)
     body = case.to_json()
     plan = None if case.plan is None else case.plan.to_json()
     if plan is not None and info.role not in KEY_BOX_ROLES:
         plan["key_box"] = None  # the key-box code goes only to those who may go in
     body["plan"] = plan  # the snapshot this case was routed with
     body["user"], body["devices"] = await _user_and_devices(context.store.reader, case.user_id)
-    body["log"] = log
+    body["log"] = [_brief(entry) for entry in log]
+    if affected is not None:
+        body["affected"] = affected
     return web.json_response(body)
+
+
+INCIDENT_PROTOCOL = "supervision"  # an outage incident's events (supervision_service.INCIDENT)
+_AFFECTED, _BACK = "outage_affected", "outage_back"
+_AFFECTED_SQL = (
+    "SELECT d.protocol, d.identity, d.tenant, d.device_type, u.tenant, u.ref,"
+    " u.first_name, u.last_name, u.address, u.postcode, u.phone"
+    " FROM devices d LEFT JOIN service_users u ON u.id = d.user_id"
+)
+
+
+def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+    """An incident's membership rows carry every device; the log says only how many (the
+    devices are in ``affected``)."""
+    if entry.get("type") not in (_AFFECTED, _BACK):
+        return entry
+    data = dict(entry.get("data") or {})
+    data["devices"] = len(data.get("devices") or [])
+    return {**entry, "data": data}
+
+
+def _members(log: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Who an outage incident affects now, replayed from its log: ``outage_affected`` rows
+    add devices (one that opened the incident replaces the list: after a restart the new
+    incident joins the open case), ``outage_back`` rows remove them."""
+    members: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in sorted(
+        (e for e in log if e.get("type") in (_AFFECTED, _BACK)), key=lambda e: e["id"]
+    ):
+        data = entry.get("data") or {}
+        if entry["type"] == _BACK:
+            for device in data.get("devices") or []:
+                protocol, _, source = str(device).partition(":")
+                members.pop((protocol, source), None)
+            continue
+        if data.get("opened"):
+            members = {}
+        for item in data.get("devices") or []:
+            protocol, _, source = str(item["device"]).partition(":")
+            known = members.get((protocol, source))
+            if known is not None:  # a further reason (silent and on battery)
+                item = {
+                    **known,
+                    "reasons": sorted(set(known["reasons"]) | set(item["reasons"])),
+                }
+            members[(protocol, source)] = item
+    return members
+
+
+async def _affected_users(
+    reader: Any, case: case_store.CaseRow, log: list[dict[str, Any]], info: TokenInfo
+) -> list[dict[str, Any]]:
+    """The users an outage incident affects: who and where (the directory now), which
+    device, why (``link_lost``: silent; ``mains_lost``: on battery) and since when, and
+    when their battery back-up is expected to run out. Only users of the token's tenants;
+    the most urgent (earliest battery run-out) first."""
+    members = _members(log)
+    keys = list(members)
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for start in range(0, len(keys), 400):
+        chunk = keys[start : start + 400]
+        pairs = ",".join(["(?, ?)"] * len(chunk))  # placeholders only
+        sql = _AFFECTED_SQL + f" WHERE (d.protocol, d.identity) IN (VALUES {pairs})"
+        async with reader.execute(sql, [part for key in chunk for part in key]) as cursor:
+            for row in await cursor.fetchall():
+                found[(str(row[0]), str(row[1]))] = tuple(row)
+    out: list[dict[str, Any]] = []
+    for key, member in members.items():
+        row = found.get(key)
+        tenant = (row[4] or row[2]) if row is not None else case.tenant
+        if not info.sees_tenant(tenant):
+            continue
+        user = row if row is not None and row[5] is not None else None
+        out.append(
+            {
+                "tenant": tenant,
+                "ref": None if user is None else user[5],
+                "name": None if user is None else f"{user[6] or ''} {user[7] or ''}".strip(),
+                "address": None if user is None else user[8],
+                "postcode": None if user is None else user[9],
+                "phone": None if user is None else user[10],
+                "device": {
+                    "protocol": key[0],
+                    "identity": key[1],
+                    "type": row[3] if row is not None else None,
+                },
+                "reasons": list(member.get("reasons") or []),
+                "since": member.get("since"),
+                "batteries_from": member.get("batteries_from"),
+                "batteries_by": member.get("batteries_by"),
+            }
+        )
+    out.sort(key=lambda a: (str(a["batteries_from"]), str(a["ref"] or ""), a["device"]["identity"]))
+    return out
 
 
 async def _user_and_devices(
