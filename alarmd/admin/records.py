@@ -1337,7 +1337,8 @@ def erase_due(now: datetime) -> Job[list[int]]:
     """Erase the personal data of every user whose retention period is over: names,
     address, phone, group, contacts, plans and their versions, free text in decisions,
     orders, faults and deviations, and in the user's cases the plan snapshot, notes, log
-    texts and the events' texts, attributes (locations) and raw frames. What stays is
+    texts, the notifications' contents (and next of kin's numbers), and the events' texts,
+    attributes (locations) and raw frames. What stays is
     anonymous: the user row as an anchor (``ref`` becomes ``erased-<id>``), case kinds,
     outcomes, queue and times, event kinds and times, decision services and dates, so that
     the statistics (``stats``) read the same before and after. The audit trail stays; it
@@ -1376,6 +1377,13 @@ def erase_due(now: datetime) -> Job[list[int]]:
             conn.execute(
                 "UPDATE case_log SET message = ?, data = '{}' WHERE case_id IN"
                 " (SELECT id FROM cases WHERE user_id = ?)",
+                (ERASED, user_id),
+            )
+            # notifications carried the user's name and address, and next of kin's numbers
+            conn.execute(
+                "UPDATE outbox SET payload = '{}', last_error = NULL,"
+                " address = CASE WHEN person LIKE 'contact:%' THEN ? ELSE address END"
+                " WHERE case_id IN (SELECT id FROM cases WHERE user_id = ?)",
                 (ERASED, user_id),
             )
             conn.execute(
