@@ -243,10 +243,15 @@ def render_case(detail: Case, user: Case | None, texts: Texts, now: datetime) ->
         shown = [texts("unregistered") if f == "unregistered" else f for f in flags]
         out.append(f"\n{texts('flags')}: ", style="bold")
         out.append(", ".join(shown), style="yellow")
-    out.append(f"\n\n{texts('plan')}\n", style="bold underline")
+    affected = detail.get("affected")
+    if affected is not None:  # an outage incident: many users, no one user's plan
+        render_affected(out, affected, texts)
     plan = detail.get("plan")
+    if plan or affected is None:
+        out.append(f"\n\n{texts('plan')}\n", style="bold underline")
     if not plan:
-        out.append(texts("no_plan") + "\n", style="yellow")
+        if affected is None:
+            out.append(texts("no_plan") + "\n", style="yellow")
     else:
         if plan.get("instructions"):
             out.append(f"{texts('instructions')}: ", style="bold")
@@ -279,6 +284,32 @@ def render_case(detail: Case, user: Case | None, texts: Texts, now: datetime) ->
         out.append(f"{entry.get('actor', '')} ", style="cyan")
         out.append(f"{entry.get('message', '')}\n")
     return out
+
+
+def render_affected(out: Text, affected: list[dict[str, Any]], texts: Texts) -> None:
+    """An outage incident's users: who and where, the device, why and since when, and when
+    the battery back-up is expected to run out (the earliest first, as the API sends them)."""
+
+    def when(value: object) -> str:
+        at = parse_time(str(value)) if value else None
+        return at.astimezone(OSLO).strftime("%d.%m %H:%M") if at else texts("none")
+
+    out.append(f"\n\n{texts('affected', n=len(affected))}\n", style="bold underline")
+    for who in affected:
+        device = who.get("device") or {}
+        name = who.get("name") or texts("unregistered")
+        out.append(name, style="bold")
+        if who.get("ref"):
+            out.append(f" ({who['ref']})")
+        if who.get("address"):
+            out.append(f" · {who['address']}, {who.get('postcode') or ''}")
+        out.append(f" · {device.get('protocol', '')} {device.get('identity', '')}\n")
+        reasons = ", ".join(texts("reason_" + str(r)) for r in who.get("reasons") or [])
+        out.append(f"  {reasons} {texts('since')} {when(who.get('since'))}", style="yellow")
+        out.append(
+            f" · {texts('battery_out')} {when(who.get('batteries_from'))}"
+            f"–{when(who.get('batteries_by'))}\n"
+        )
 
 
 class ConsoleApp(App[int]):

@@ -389,3 +389,86 @@ async def test_screenshot(daemon: Daemon, tmp_path: Path) -> None:
         path = Path(os.environ.get("ALARMD_CONSOLE_SVG", tmp_path / "console.svg"))
         app.save_screenshot(path.name, str(path.parent.resolve()))
         assert "Trygghetsalarm" in path.read_text()
+
+
+async def test_an_outage_incident_shows_its_affected_users(tmp_path: Path) -> None:
+    """A power cut: three pendants report mains lost (threshold 3), one incident opens;
+    opened in the console it lists the users on battery, where they live,
+    since when, and when their batteries run out. The console talks to a real API on
+    loopback over a real store; supervision and the engine run on a fake clock."""
+    from datetime import timedelta
+
+    from aiohttp.test_utils import TestServer
+
+    from alarmd.api.server import ApiContext, create_app
+    from alarmd.api.stream import CaseHub
+    from alarmd.clock import FakeClock
+    from alarmd.model import EventKind
+    from alarmd.store import tokens
+    from alarmd.store.db import Store
+    from alarmd.supervision_service import SupervisionService
+
+    from caseworld import NOW, T0, Router, World, seed_directory
+
+    def seed(conn: Any) -> None:
+        seed_directory(conn)
+        conn.executemany(
+            "INSERT INTO service_users (id, tenant, ref, first_name, last_name, address,"
+            " postcode, updated_at) VALUES (?, 'eksempel-kommune', ?, ?, 'Hansen', ?, '0002', ?)",
+            ((100 + n, f"u-{100 + n}", f"Bruker{n}", f"Strømveien {n}", NOW) for n in range(3)),
+        )
+        conn.executemany(
+            "INSERT INTO devices (tenant, user_id, protocol, identity, updated_at)"
+            " VALUES ('eksempel-kommune', ?, 'dc09', ?, ?)",
+            ((100 + n, f"P{n}", NOW) for n in range(3)),
+        )
+
+    store = await Store.open(tmp_path / "alarmd.sqlite")
+    await store.writer.submit(seed)
+    world = World(store, FakeClock(T0), Router())
+    service = SupervisionService(
+        store,
+        world.intake,
+        world.clock,
+        outage_threshold=3,
+        outage_window=timedelta(minutes=5),
+        engine=world.engine,
+    )
+    world.intake.add_listener(service.events_committed)
+    await service.load()
+    hub = CaseHub()
+    world.engine.on_case_change(hub.publish)
+    context = ApiContext(store=store, health=lambda: {"status": "ok"}, engine=world.engine)
+    context.case_hub = hub
+    server = TestServer(create_app(context), host="127.0.0.1")
+    await server.start_server()
+    token = tokens.new_token()
+    await store.writer.submit(tokens.create_job("anne", "operator", None, token, T0, None))
+    for source in ("P0", "P1", "P2"):
+        await world.send(EventKind.MAINS_LOST, source=source)
+    await service.run_due()
+    await world.engine.run_due()
+    app = ConsoleApp(str(server.make_url("")).rstrip("/"), token)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected and app.loaded, "the console to connect")
+            # the incident has no one user: the stand-in rules send it to the centre's queue
+            await until(pilot, lambda: len(rows(app)) == 1, "the incident")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, CaseScreen), "the case view")
+            view = app.screen
+            assert isinstance(view, CaseScreen)
+            await until(pilot, lambda: view.detail is not None, "details")
+            assert view.detail is not None
+            text = render_case(view.detail, view.user, app.texts, app.clock()).plain
+            for expected in (
+                "Berørte brukere (3)",
+                "Bruker1 Hansen (u-101) · Strømveien 1, 0002 · dc09 P1",
+                # the clock is T0 = 09:00 UTC, 10:00 in Oslo; back-up lasts 24-72 h
+                "strøm borte siden 02.03 10:00 · batteri tomt 03.03 10:00–05.03 10:00",
+            ):
+                assert expected in text, text
+            assert "Ingen responsplan" not in text
+    finally:
+        await server.close()
+        await store.close()
