@@ -253,6 +253,28 @@ async def test_retransmission_stored_once_acked_twice(stack: Stack) -> None:
     writer.close()
 
 
+async def test_frames_of_many_connections_share_a_commit_each_ack_to_its_own(
+    stack: Stack,
+) -> None:
+    """20 transmitters send at once (intake stores them with shared writer jobs), and five
+    more send the same frame at once (a transmitter on two paths): every connection gets
+    the ACK for its own frame, the copies are stored once and counted."""
+    conns = [await asyncio.open_connection("127.0.0.1", stack.port) for _ in range(25)]
+    frames = [cid("1234", 100 + i, zone=i + 1) for i in range(20)] + [cid("1234", 7)] * 5
+    for (_, writer), frame in zip(conns, frames, strict=True):
+        writer.write(frame)
+    replies = [parse_reply(await read_reply(reader)) for reader, _ in conns]
+    assert [r.kind for r in replies] == ["ACK"] * 25
+    assert [r.seq for r in replies] == [f"{100 + i:04d}" for i in range(20)] + ["0007"] * 5
+    stored = stack.stored()
+    assert len(stored) == 21
+    assert sorted(int(zone) for _, _, zone, _ in stored) == sorted([*range(1, 21), 1])
+    copies = [e for e in await list_events(stack.store.reader) if e.retransmissions]
+    assert len(copies) == 1 and copies[0].retransmissions == 4
+    for _, writer in conns:
+        writer.close()
+
+
 async def test_no_ack_when_the_store_cannot_commit_then_accepted_after_recovery(
     stack: Stack,
 ) -> None:
