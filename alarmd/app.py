@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from alarmd import __version__, metrics
+from alarmd.admin.retention import RetentionSweep
 from alarmd.api.server import ApiContext, ApiServer, server_tls
 from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
@@ -94,6 +95,7 @@ class Daemon:
         self.modem: ModemTransport | None = None
         self.sip: SipReceiver | None = None
         self.dispatcher: Dispatcher | None = None
+        self.retention: RetentionSweep | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
         self._stopping = asyncio.Event()
@@ -368,6 +370,8 @@ class Daemon:
         await self.engine.load()
         self.engine.start()
         self.dispatcher.start()
+        self.retention = RetentionSweep(self.store, self.clock)
+        self.retention.start()
         self.api = ApiServer(
             ApiContext(
                 store=self.store,
@@ -376,6 +380,7 @@ class Daemon:
                 advance_clock=self._advance_clock if isinstance(self.clock, FakeClock) else None,
                 directory_changed=self.supervision.reload,
                 case_hub=self.case_hub,
+                retention=timedelta(days=config.case_management.retention_days),
             ),
             config.api.host,
             config.api.port,
@@ -466,6 +471,9 @@ class Daemon:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
             self.dispatcher = None
+        if self.retention is not None:
+            await self.retention.stop()
+            self.retention = None
         if self.webhooks is not None:
             await self.webhooks.close()
             self.webhooks = None
@@ -590,6 +598,8 @@ class Daemon:
             self.engine.wake()
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if self.retention is not None:
+            self.retention.wake()
 
     async def _seed_example_directory(self) -> None:
         """The embedded default imports the example directory into an empty database, so a
@@ -635,6 +645,7 @@ class Daemon:
             "api_port": self.api.port,
             "dc09_port": self.dc09.port if self.dc09 else None,
             "scaip_port": self.sip.port if self.sip else None,
+            "scaip_tls_port": self.sip.tls_port if self.sip else None,
         }
         tmp = self.data_dir / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alarmd.admin import cli as admin_cli
+
 T = TypeVar("T")
 
 
@@ -167,8 +169,11 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
     )
     close.add_argument("--note", default="")
 
-    admin = sub.add_parser("admin", help="administration: API tokens")
+    admin = sub.add_parser(
+        "admin", help="administration: API tokens, service users, devices, orders, audit"
+    )
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_cli.add_arguments(admin_sub)
     token = admin_sub.add_parser("token", help="create, list and revoke API tokens")
     token_sub = token.add_subparsers(dest="what", required=True)
     create = token_sub.add_parser("create", help="issue a token (shown once)")
@@ -257,8 +262,10 @@ def alarmctl_main(argv: list[str] | None = None) -> int:
         return _act(args)
     if args.command == "routes":
         return _routes(args)
-    if args.command == "admin":
+    if args.command == "admin" and args.admin_command == "token":
         return _admin_token(args)
+    if args.command == "admin":
+        return admin_cli.run(args)
     if args.command == "simulate" and args.protocol == "scaip":
         return _simulate_scaip(args)
     if args.command == "simulate" and args.protocol == "modem":

@@ -556,6 +556,14 @@ class SupervisionConfig(_Section):
     startup_grace_s: PositiveInt = 600  # after alarmd's own downtime
 
 
+class CaseManagementConfig(_Section):
+    """Case management (issue 9): how long a former user's personal data is kept."""
+
+    # days after the need ended and the last device came off the wall; then the personal
+    # data is erased and only anonymous statistics remain
+    retention_days: PositiveInt = 90
+
+
 class _MainFile(_Section):
     """What the main file may contain."""
 
@@ -568,6 +576,7 @@ class _MainFile(_Section):
     modem: ModemConfig = Field(default_factory=ModemConfig)
     scaip: ScaipConfig = Field(default_factory=ScaipConfig)
     supervision: SupervisionConfig = Field(default_factory=SupervisionConfig)
+    case_management: CaseManagementConfig = Field(default_factory=CaseManagementConfig)
     # relative to the main file's directory; after loading, the joined path
     accounts_file: Annotated[Path | None, BeforeValidator(_not_empty_path)] = None
     # absent: no tenant routes, the centre with its defaults (see RoutingFiles)
