@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from alarmd import metrics
+from alarmd.admin.lifecycle import LIVE_DEVICE_STATUSES
 from alarmd.clock import Clock
 from alarmd.deadlines import DeadlineLoop
 from alarmd.intake import Intake
@@ -122,7 +123,8 @@ class SupervisionService:
             "SELECT d.protocol, d.identity, d.supervision_s, d.tenant,"
             " coalesce(u.postcode, ''),"
             " (SELECT max(received_at) FROM events e"
-            "   WHERE e.protocol = d.protocol AND e.source = d.identity)"
+            "   WHERE e.protocol = d.protocol AND e.source = d.identity),"
+            " d.status"
             " FROM devices d LEFT JOIN service_users u ON u.id = d.user_id"
         ) as cursor:
             found: list[tuple[Any, ...]] = [tuple(r) for r in await cursor.fetchall()]
@@ -135,10 +137,12 @@ class SupervisionService:
                 ) as cursor:
                     last_row = await cursor.fetchone()
                 found.append(
-                    (protocol, source, None, tenant, "", last_row[0] if last_row else None)
+                    (protocol, source, None, tenant, "", last_row[0] if last_row else None, "")
                 )
         rows = []
         for row in found:
+            if row[6] and row[6] not in LIVE_DEVICE_STATUSES:
+                continue  # in stock, on order or taken down: not on the wall, not supervised
             seconds = row[2]
             if not seconds:  # the device's own interval wins, then its account's, then
                 fallback = self._account_intervals.get((str(row[0]), str(row[1])))
@@ -149,7 +153,7 @@ class SupervisionService:
                     seconds = int(default.total_seconds())
                 else:
                     continue  # nobody said how often this device calls in
-            rows.append((*row[:2], seconds, *row[3:]))
+            rows.append((*row[:2], seconds, *row[3:6]))
         self._areas = {
             (str(r[0]), str(r[1])): (str(r[3]), str(r[4]) or "-")
             for r in found

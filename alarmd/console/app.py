@@ -230,6 +230,8 @@ def render_case(detail: Case, user: Case | None, texts: Texts, now: datetime) ->
         if user.get("group"):
             out.append(f" · {texts('group')} {user['group']}")
         out.append("\n")
+        if user.get("decision_valid") is False:
+            out.append(texts("no_decision") + "\n", style="bold yellow")
         for device in user.get("devices") or []:
             here = device.get("identity") == detail.get("source")
             out.append(

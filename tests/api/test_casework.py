@@ -626,3 +626,46 @@ async def test_the_need_ceases_and_personal_data_goes_while_the_statistics_stay(
     assert after == before
     trail = (await env["auditor"].call("GET", f"/audit?user={TENANT}/u-1"))["audit"]
     assert trail[0]["action"] == "erase_user" and trail[0]["actor"] == "alarmd"
+
+
+async def test_only_devices_on_the_wall_are_supervised(env: Env) -> None:
+    """Installing a device starts its supervision; taking it down ends it. A device in
+    stock is silent by nature and must not open link-lost cases."""
+    from alarmd.supervision_service import SupervisionService
+
+    world, admin, supplier = env.world, env["admin"], env["supplier"]
+    service = SupervisionService(world.store, world.intake, world.clock)
+    service.set_account_intervals({})
+    stock = await admin.call(
+        "POST",
+        "/devices",
+        {
+            "tenant": TENANT,
+            "protocol": "dc09",
+            "identity": "7777",
+            "supplier": "trygg-teknikk",
+            "supervision_s": 3600,
+        },
+        expect=201,
+    )
+    await world.store.writer.submit(
+        lambda conn: conn.execute("UPDATE devices SET supervision_s = 3600 WHERE identity = '1234'")
+    )
+    assert await service.load() == 1  # the seeded pendant; not the one in stock
+    order = await admin.call(
+        "POST",
+        "/orders",
+        {"tenant": TENANT, "kind": "install", "user": "u-1", "device": stock["id"]},
+        expect=201,
+    )
+    await supplier.call("POST", f"/orders/{order['id']}/done", {}, expect=200)
+    assert await service.load(resume=False) == 2
+    down = await admin.call(
+        "POST",
+        "/orders",
+        {"tenant": TENANT, "kind": "uninstall", "device": stock["id"]},
+        expect=201,
+    )
+    await supplier.call("POST", f"/orders/{down['id']}/done", {}, expect=200)
+    assert await service.load(resume=False) == 1
+    assert len(service.core) == 1

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,7 @@ async def test_case_view_shows_who_where_plan_contacts_and_key_box(daemon: Daemo
             "1. Per Testesen (son)  +4700000030  har nøkkel",
             "2. Nina Naboesen (neighbour)  +4700000031",
             "fall alarm (CID:1100, zone 3)",
+            "Ingen gyldig vedtak",  # the example directory registers no decisions
         ):
             assert expected in text, text
         # keys work in the case view too, and the view follows the case
@@ -337,6 +339,17 @@ async def test_reconnects_by_itself_when_the_daemon_restarts(tmp_path: Path) -> 
             await until(pilot, lambda: len(rows(app)) == 1, "the alarm after reconnecting")
     finally:
         daemon.stop()
+
+
+def test_a_user_without_a_valid_decision_is_flagged() -> None:
+    detail = {"priority": 2, "state": "notifying", "protocol": "dc09", "source": "1234"}
+    user = {"first_name": "Astrid", "last_name": "Testesen", "devices": []}
+    texts = Texts("en")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    flagged = render_case(detail, {**user, "decision_valid": False}, texts, now).plain
+    assert "No valid decision: tell the allocation office" in flagged
+    fine = render_case(detail, {**user, "decision_valid": True}, texts, now).plain
+    assert "No valid decision" not in fine
 
 
 def test_every_text_in_both_languages() -> None:
