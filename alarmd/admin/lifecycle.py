@@ -24,6 +24,7 @@ __all__ = [
     "ORDER_KINDS",
     "SERVICES",
     "DecisionStatus",
+    "DeviationCategory",
     "DeviceStatus",
     "OrderAction",
     "OrderEffect",

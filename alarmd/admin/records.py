@@ -711,6 +711,22 @@ def _scope_sql(
     return where, args
 
 
+def _period(
+    where: list[str],
+    args: list[Any],
+    column: str,
+    since: datetime | None,
+    until: datetime | None,
+) -> None:
+    """Conditions for ``since <= column < until`` (either end open)."""
+    if since is not None:
+        where.append(f"{column} >= ?")
+        args.append(iso(since))
+    if until is not None:
+        where.append(f"{column} < ?")
+        args.append(iso(until))
+
+
 # --- orders -----------------------------------------------------------------------------------
 
 _ORDER_KEYS = (
@@ -1190,12 +1206,7 @@ def list_deviations(
 ) -> Job[list[dict[str, Any]]]:
     def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         where, args = _scope_sql(scope, "tenant", None)
-        if since is not None:
-            where.append("registered_at >= ?")
-            args.append(iso(since))
-        if until is not None:
-            where.append("registered_at < ?")
-            args.append(iso(until))
+        _period(where, args, "registered_at", since, until)
         return _deviations(conn, " AND ".join(where) or "1", args)
 
     return job
@@ -1421,12 +1432,7 @@ def stats(scope: Scope, since: datetime | None, until: datetime | None) -> Job[d
 
     def job(conn: sqlite3.Connection) -> dict[str, Any]:
         where, args = _scope_sql(scope, "c.tenant", None)
-        if since is not None:
-            where.append("c.opened_at >= ?")
-            args.append(iso(since))
-        if until is not None:
-            where.append("c.opened_at < ?")
-            args.append(iso(until))
+        _period(where, args, "c.opened_at", since, until)
         rows = conn.execute(
             "SELECT coalesce(c.tenant, ''), c.kind, c.queue, c.outcome, c.opened_at, c.closed_at,"
             " (SELECT min(l.at) FROM case_log l WHERE l.case_id = c.id AND l.type = 'accepted')"

@@ -168,15 +168,7 @@ class FaultReport(_Body):
 
 class DeviationCreate(_Body):
     tenant: Annotated[str, Field(pattern=_SLUG)] | None = None
-    category: Literal[
-        "late_response",
-        "device_failure",
-        "routing",
-        "communication",
-        "documentation",
-        "procedure",
-        "other",
-    ]
+    category: lifecycle.DeviationCategory
     description: Annotated[str, Field(min_length=1, max_length=4000)]
     case: int | None = None
     fault: int | None = None
