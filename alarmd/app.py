@@ -56,7 +56,13 @@ from alarmd.supervision_service import SupervisionService
 from alarmd.transports.dc09 import Dc09Receiver, Dc09Settings
 from alarmd.transports.modem import ModemTransport
 from alarmd.transports.mqtt import BrokerSettings, MqttIngest, MqttIngestSettings, TlsSettings
-from alarmd.transports.sip import AckPolicy, ScaipAccount, SipReceiver, SipSettings
+from alarmd.transports.sip import (
+    AckPolicy,
+    ScaipAccount,
+    SipReceiver,
+    SipSettings,
+    store_case_state,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -179,19 +185,6 @@ class Daemon:
                 mrs_in_200=account.mrs_in_200,
                 cids=frozenset(account.cids) if account.cids is not None else None,
             )
-        store = self.store
-
-        def case_state(cid: str, ref: str) -> str | None:
-            rows = store.writer.read_now(
-                "SELECT c.state FROM events e JOIN cases c ON c.id = e.case_id"
-                " WHERE e.dedup_key = ? ORDER BY e.id DESC LIMIT 1",
-                (f"scaip:{cid}:{ref}",),
-            )
-            if not rows:
-                return None
-            state = str(rows[0][0])
-            return "accepted" if state == "on_site" else state
-
         return SipReceiver(
             intake=self.intake,
             store=self.store,
@@ -206,7 +199,7 @@ class Daemon:
                 realm=scaip.realm,
                 heartbeat_minutes=scaip.heartbeat_minutes,
             ),
-            case_state=case_state,
+            case_state=store_case_state(self.store),
         )
 
     def _modem(self, config: AlarmdConfig) -> ModemTransport:
