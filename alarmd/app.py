@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from alarmd import __version__, metrics
-from alarmd.admin.retention import RetentionSweep
+from alarmd.admin.sweep import AdminSweep
 from alarmd.api.server import ApiContext, ApiServer, server_tls
 from alarmd.api.stream import CaseHub
 from alarmd.clock import Clock, FakeClock, SystemClock
@@ -101,7 +101,7 @@ class Daemon:
         self.modem: ModemTransport | None = None
         self.sip: SipReceiver | None = None
         self.dispatcher: Dispatcher | None = None
-        self.retention: RetentionSweep | None = None
+        self.case_management: AdminSweep | None = None
         self.webhooks: WebhookChannel | None = None
         self.routing: RoutingConfig = default_routing()
         self._stopping = asyncio.Event()
@@ -363,8 +363,11 @@ class Daemon:
         await self.engine.load()
         self.engine.start()
         self.dispatcher.start()
-        self.retention = RetentionSweep(self.store, self.clock)
-        self.retention.start()
+        fault_after = config.case_management.fault_after_h
+        self.case_management = AdminSweep(
+            self.store, self.clock, timedelta(hours=fault_after) if fault_after else None
+        )
+        self.case_management.start()
         self.api = ApiServer(
             ApiContext(
                 store=self.store,
@@ -464,9 +467,9 @@ class Daemon:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
             self.dispatcher = None
-        if self.retention is not None:
-            await self.retention.stop()
-            self.retention = None
+        if self.case_management is not None:
+            await self.case_management.stop()
+            self.case_management = None
         if self.webhooks is not None:
             await self.webhooks.close()
             self.webhooks = None
@@ -591,8 +594,8 @@ class Daemon:
             self.engine.wake()
         if self.dispatcher is not None:
             self.dispatcher.wake()
-        if self.retention is not None:
-            self.retention.wake()
+        if self.case_management is not None:
+            self.case_management.wake()
 
     async def _seed_example_directory(self) -> None:
         """The embedded default imports the example directory into an empty database, so a

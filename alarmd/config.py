@@ -562,6 +562,9 @@ class CaseManagementConfig(_Section):
     # days after the need ended and the last device came off the wall; then the personal
     # data is erased and only anonymous statistics remain
     retention_days: PositiveInt = 90
+    # a device's technical case (silent, faulty, low battery) still open this many hours
+    # after it opened becomes a fault with a repair order to its supplier; 0: never
+    fault_after_h: NonNegativeInt = 24
 
 
 class _MainFile(_Section):

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from alarmd.admin import lifecycle
 from alarmd.admin.lifecycle import RuleError
+from alarmd.store.cases import append_log
 from alarmd.store.db import iso, parse_iso
 from alarmd.store.directory import record_plan_version
 
@@ -1107,6 +1108,53 @@ def list_faults(scope: Scope, status: str | None) -> Job[list[dict[str, Any]]]:
             where.append("f.status = ?")
             args.append(status)
         return _faults(conn, " AND ".join(where) or "1", args)
+
+    return job
+
+
+# Technical kinds that mean the device itself needs the supplier (a power cut does not).
+REPAIR_KINDS = ("link_lost", "device_fault", "radio_supervision", "battery_low", "tamper")
+SYSTEM = Actor("alarmd", "system")
+
+
+def auto_faults(now: datetime, older_than: timedelta) -> Job[list[int]]:
+    """Faults found by supervision: a technical case of a device (silent, faulty, low
+    battery) still open ``older_than`` after it opened becomes a fault with a repair order
+    to the device's supplier, noted in the case log. A short outage that restores by itself
+    closes its case first and orders nothing; an outage incident is about a power cut or a
+    network, not a device, and is left to the people handling it. Returns the fault ids."""
+
+    def job(conn: sqlite3.Connection) -> list[int]:
+        rows = conn.execute(
+            "SELECT c.id, c.kind, c.opened_at FROM cases c"
+            " JOIN devices d ON d.protocol = c.protocol AND d.identity = c.source"
+            " WHERE c.closed_at IS NULL AND c.queue = 'technical'"
+            f" AND c.kind IN ({', '.join('?' * len(REPAIR_KINDS))})"
+            " AND c.opened_at <= ? AND d.supplier IS NOT NULL"
+            " AND d.status IN ('installed', 'active', 'faulty')"
+            " AND NOT EXISTS (SELECT 1 FROM faults f WHERE f.device_id = d.id"
+            "   AND f.status = 'open')",
+            (*REPAIR_KINDS, iso(now - older_than)),
+        ).fetchall()
+        made = []
+        for case_id, kind, opened_at in rows:
+            fault = report_fault(
+                Scope(None),
+                {"case": case_id, "description": f"{kind} since {opened_at}, not restored"},
+                SYSTEM,
+                now,
+            )(conn)
+            append_log(
+                conn,
+                case_id,
+                now,
+                "alarmd",
+                "fault",
+                f"fault {fault['id']} registered; repair order {fault['order_id']} to the supplier",
+                {"fault_id": fault["id"], "order_id": fault["order_id"]},
+            )
+            made.append(int(fault["id"]))
+        return made
 
     return job
 

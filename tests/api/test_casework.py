@@ -669,3 +669,37 @@ async def test_only_devices_on_the_wall_are_supervised(env: Env) -> None:
     await supplier.call("POST", f"/orders/{down['id']}/done", {}, expect=200)
     assert await service.load(resume=False) == 1
     assert len(service.core) == 1
+
+
+async def test_a_device_silent_too_long_gets_a_repair_order_by_itself(env: Env) -> None:
+    """A technical case of a device that has not come back within ``fault_after`` becomes
+    a fault with a repair order to the supplier; one that restores in time orders
+    nothing; a second pass orders nothing twice."""
+    from alarmd.admin.sweep import AdminSweep
+    from alarmd.model import Condition
+
+    world, supplier = env.world, env["supplier"]
+    sweep = AdminSweep(world.store, world.clock, timedelta(hours=24))
+    await env["admin"].call(
+        "POST",
+        "/users",
+        {"tenant": TENANT, "ref": "u-2", "first_name": "Ny", "last_name": "Brukersen"},
+        expect=201,
+    )
+    other = await install(env, ref="u-2", identity="4545")  # another user, same supplier
+    await env["admin"].call("POST", f"/devices/{other}/activate", expect=200)
+    await world.send(EventKind.LINK_LOST, source="1234")
+    await world.send(EventKind.LINK_LOST, source="4545")
+    await world.tick()
+    world.clock.advance(3600)
+    await world.send(EventKind.LINK_LOST, source="4545", condition=Condition.RESTORE)
+    await world.tick(22 * 3600)
+    assert await sweep.run_due() == ([], [])  # 23 h: not yet
+    await world.tick(3600)
+    faults, _erased = await sweep.run_due()
+    assert len(faults) == 1
+    [order] = (await supplier.call("GET", "/orders?state=ordered"))["orders"]
+    assert order["kind"] == "repair" and order["device"]["identity"] == "1234"
+    assert world.types(1)[-1] == "fault"
+    assert world.case(2)["closed_at"] is not None  # 4545 came back within the hour
+    assert await sweep.run_due() == ([], [])
