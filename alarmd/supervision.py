@@ -32,12 +32,16 @@ asyncio); the daemon's shell feeds them messages and ticks and turns what they a
     devices are still affected, and those get ``Individual`` cases. Only link and power
     events pass through here: a real alarm from a device in an affected area never does, so
     it can never be folded or delayed.
+
+    After a restart the shell rebuilds this state from the store (``restore``, with
+    ``Supervisor.restore_lost`` for members that were silent), so that a power cut that
+    outlives alarmd's own downtime is still one incident and its members still count.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeAlias
@@ -150,6 +154,14 @@ class Supervisor:
         device.lost_at = None
         heapq.heappush(self._heap, (device.last_seen + device.limit, key))
         return LinkRestored(key, lost_at, now - previous)
+
+    def restore_lost(self, key: DeviceKey, lost_at: datetime) -> None:
+        """After a restart: ``key`` was reported lost before alarmd stopped (a member of an
+        open outage incident) and has not been heard from since; it stays lost until its
+        next message, which ``seen`` answers with ``LinkRestored``."""
+        device = self._devices.get(key)
+        if device is not None:
+            device.lost_at = lost_at
 
     def resume(self, now: datetime, grace: timedelta) -> None:
         """After alarmd's own downtime: report nobody overdue before ``now + grace``."""
@@ -359,6 +371,36 @@ class OutageTracker:
         low, high = self.battery_backup
         affected = tuple(a for k in devices if (a := self.affected(k)) is not None)
         return [IncidentOpened(group, devices, started, started + low, started + high, affected)]
+
+    def restore(
+        self,
+        affected: Iterable[tuple[DeviceKey, GroupKey, str, datetime]],
+        incidents: Iterable[tuple[GroupKey, datetime, Iterable[DeviceKey]]],
+    ) -> None:
+        """Rebuild what was known before a restart (replaces everything known so far).
+
+        ``affected``: (device, its group, reason, since when) for every reason a device is
+        still affected for whose loss was already dealt with (its own case, or a member of
+        an incident). ``incidents``: each open incident's group, start and members, those
+        already back included; a member is still affected if ``affected`` names it.
+        Losses that were still waiting for the window are not here: feed them to ``lost``
+        afterwards, oldest first, with ``now`` the time each began to wait, then ``tick``."""
+        self._groups.clear()
+        self._group_of.clear()
+        self._why.clear()
+        for key, group, reason, since in affected:
+            why = self._why.setdefault(key, {})
+            why[reason] = min(since, why.get(reason, since))
+            self._group_of[key] = group
+        for group, started_at, members in incidents:
+            g = self._groups.setdefault(group, _Group())
+            g.started_at = started_at
+            g.incident = {}
+            for key in members:
+                still = key in self._why
+                g.incident[key] = still
+                if still:
+                    self._group_of[key] = group
 
     def tick(self, now: datetime) -> list[OutageAction]:
         """Losses still alone after the window become individual technical cases."""
