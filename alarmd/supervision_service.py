@@ -28,6 +28,7 @@ until the core's next deadline or a wake-up.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -101,6 +102,7 @@ class SupervisionService:
         self._areas: dict[DeviceKey, tuple[str, str]] = {}
         self._restored: list[LinkRestored] = []
         self._mains: list[tuple[DeviceKey, Condition, datetime]] = []
+        self._resumed: list[OutageAction] = []  # what rebuilding the outages at start said
         self._loop = DeadlineLoop(
             "supervision", clock, self.run_due, self._next_due, min_sleep_s=0.05
         )
@@ -173,9 +175,125 @@ class SupervisionService:
                 del self._groups[key]
         if resume:
             self.core.resume(now, self._startup_grace)
+            if self._engine is not None:
+                await self._restore_outages(now)
         metrics.SUPERVISED_DEVICES.set(len(self.core))
         log.info("supervision_loaded", devices=len(rows), resume=resume)
         return len(rows)
+
+    async def _restore_outages(self, now: datetime) -> None:
+        """At start: rebuild the outage grouping from the store, so that a power cut going
+        on across alarmd's restart is still one incident (issue 6, no flood).
+
+        * each open incident case (``incident:<tenant>:<area>``) and its members, replayed
+          from its ``outage_affected``/``outage_back`` log rows;
+        * each directory device whose latest mains report says "lost", and since when;
+        * the mains-lost cases still held for the outage window (``held``, not yet routed):
+          fed to the core again as the reports they were, oldest first, so that they count
+          toward their area's threshold with the reports that come after the restart.
+
+        A member that was silent stays lost until heard from, unless it was heard after it
+        was logged lost. What the replay answers (an incident that should have opened, held
+        cases to fold into an open incident) is acted on in the first ``run_due``."""
+        reader = self._store.reader
+        async with reader.execute(
+            "SELECT id, source, opened_at FROM cases"
+            " WHERE protocol = ? AND kind = ? AND closed_at IS NULL ORDER BY id",
+            (INCIDENT, EventKind.LINK_LOST.value),
+        ) as cursor:
+            incident_rows = [tuple(r) for r in await cursor.fetchall()]
+        async with reader.execute(
+            "SELECT c.protocol, c.source, c.opened_at FROM cases c"
+            " WHERE c.kind = ? AND c.closed_at IS NULL AND c.escalation IS NULL"
+            " AND EXISTS (SELECT 1 FROM case_log l WHERE l.case_id = c.id AND l.type = 'held')"
+            " ORDER BY c.opened_at, c.id",
+            (EventKind.MAINS_LOST.value,),
+        ) as cursor:
+            held_rows = [tuple(r) for r in await cursor.fetchall()]
+        # mains reports old enough that every battery has run out no longer matter, unless
+        # an open incident or a held case goes back further
+        horizon = iso(now - self.outages.battery_backup[1])
+        horizon = min([horizon, *(str(r[2]) for r in incident_rows + held_rows)])
+        on_battery: dict[DeviceKey, datetime | None] = {}  # device -> mains lost since
+        async with reader.execute(
+            "SELECT protocol, source, condition, coalesce(occurred_at, received_at) FROM events"
+            " WHERE received_at >= ? AND kind = ? AND code != ? AND protocol != ?"
+            " ORDER BY received_at, id",
+            (horizon, EventKind.MAINS_LOST.value, SUPERVISION_CODE, INCIDENT),
+        ) as cursor:
+            async for protocol, source, condition, at in cursor:
+                key = (str(protocol), str(source))
+                if condition == Condition.RESTORE.value:
+                    on_battery[key] = None
+                elif on_battery.get(key) is None:
+                    on_battery[key] = parse_iso(at)
+        held: dict[DeviceKey, datetime] = {}
+        for protocol, source, opened_at in held_rows:
+            held.setdefault((str(protocol), str(source)), parse_iso(opened_at))
+        affected: list[tuple[DeviceKey, tuple[str, str], str, datetime]] = [
+            (key, self._areas[key], MAINS, since)
+            for key, since in on_battery.items()
+            if since is not None and key in self._areas and key not in held
+        ]
+        incidents: dict[tuple[str, str], tuple[datetime, list[DeviceKey]]] = {}
+        for case_id, source, opened_at in incident_rows:
+            group = _area(tuple(str(source).removeprefix("incident:").split(":", 1)))
+            members = await self._members(int(case_id))
+            incidents[group] = (parse_iso(opened_at), list(members))
+            for key, (reasons, since, logged_at) in members.items():
+                if reasons is None or LINK not in reasons or key not in self._groups:
+                    continue  # back, or not silent, or no longer supervised
+                async with reader.execute(
+                    "SELECT 1 FROM events WHERE protocol = ? AND source = ? AND received_at > ?"
+                    " AND code != ? LIMIT 1",
+                    (key[0], key[1], iso(logged_at), SUPERVISION_CODE),
+                ) as cursor:
+                    if await cursor.fetchone() is not None:
+                        continue  # heard from after it was logged silent
+                self.core.restore_lost(key, logged_at)
+                affected.append((key, group, LINK, since))
+        self.outages.restore(
+            affected, [(g, *started_members) for g, started_members in incidents.items()]
+        )
+        resumed: list[OutageAction] = []
+        for key, at in sorted(held.items(), key=lambda item: item[1]):
+            area = self._areas.get(key)
+            if area is not None:
+                since = on_battery.get(key) or at
+                resumed += self.outages.lost(key, area, at, MAINS, since)
+        self._resumed = resumed
+        log.info(
+            "supervision_outages_restored",
+            incidents=len(incidents),
+            on_battery=sum(since is not None for since in on_battery.values()),
+            held=len(held),
+        )
+
+    async def _members(
+        self, case_id: int
+    ) -> dict[DeviceKey, tuple[list[str] | None, datetime, datetime]]:
+        """An incident case's members from its log: device -> (reasons, ``None`` if back;
+        since when affected; when that was logged)."""
+        members: dict[DeviceKey, tuple[list[str] | None, datetime, datetime]] = {}
+        async with self._store.reader.execute(
+            "SELECT type, at, data FROM case_log WHERE case_id = ? AND type IN (?, ?) ORDER BY id",
+            (case_id, AFFECTED, BACK),
+        ) as cursor:
+            async for type_, at, data in cursor:
+                body = json.loads(data)
+                logged_at = parse_iso(at)
+                if type_ == BACK:
+                    for device in body.get("devices", []):
+                        key = _device_key(str(device))
+                        if key in members:
+                            members[key] = (None, members[key][1], logged_at)
+                    continue
+                if body.get("opened"):
+                    members = {}  # a new incident's whole membership
+                for d in body.get("devices", []):
+                    since = parse_iso(d["since"])
+                    members[_device_key(str(d["device"]))] = (list(d["reasons"]), since, logged_at)
+        return members
 
     async def reload(self) -> None:
         """The directory changed (an import): pick up new and changed devices."""
@@ -224,6 +342,8 @@ class SupervisionService:
         """Report what is due now; returns how many events were submitted."""
         now = self._clock.now()
         work = _Work()
+        resumed, self._resumed = self._resumed, []
+        self._outage_events(resumed, now, work)
         restored, self._restored = self._restored, []
         for back in restored:
             work.events.append(self._link_event(back.key, Condition.RESTORE, now, back.lost_at))
@@ -453,6 +573,12 @@ def _member(who: Affected) -> dict[str, Any]:
 
 AFFECTED = "outage_affected"  # case-log types on an incident: who is affected, who is back
 BACK = "outage_back"
+
+
+def _device_key(name: str) -> DeviceKey:
+    """``dc09:1234`` (as the incident's log names a device) -> ``("dc09", "1234")``."""
+    protocol, _, source = name.partition(":")
+    return protocol, source
 
 
 def _area(group: object) -> tuple[str, str]:

@@ -394,3 +394,129 @@ async def test_a_member_still_on_battery_when_the_incident_closes_gets_its_own_c
     )
     assert len(open_cases) == 10
     assert {(kind, state) for _, kind, state in open_cases} == {("mains_lost", "notifying")}
+
+
+async def restart(first: Supervised, tmp_path: Path, down_s: float) -> Supervised:
+    """alarmd stops, is down for ``down_s``, and starts again over the same store: a new
+    SupervisionService and Engine, nothing carried over but the SQLite file."""
+    clock = first.world.clock
+    await first.world.store.close()
+    clock.advance(down_s)
+    store = await Store.open(tmp_path / "alarmd.sqlite")
+    second = Supervised(store, clock)
+    await second.start()
+    return second
+
+
+async def started(tmp_path: Path) -> Supervised:
+    store = await Store.open(tmp_path / "alarmd.sqlite")
+    await store.writer.submit(seed_area)
+    first = Supervised(store, FakeClock(T0))
+    await first.start()
+    await first.step(5 * 60)
+    first.beat("1234", *EVERYONE)  # T0+5: everyone calls in
+    return first
+
+
+def routed(s: Supervised) -> list[tuple[str, int]]:
+    """mains-lost cases that were routed to someone (each with its number of routings)."""
+    return s.world.q(
+        "SELECT c.source, count(*) FROM cases c JOIN case_log l ON l.case_id = c.id"
+        " WHERE c.kind = 'mains_lost' AND l.type = 'routed' GROUP BY c.id ORDER BY c.id"
+    )
+
+
+async def test_restart_during_a_power_cut_keeps_the_incident_and_its_members(
+    tmp_path: Path,
+) -> None:
+    """400 report mains lost, the incident opens, alarmd restarts: the members on battery
+    still count, later reports fold into the same incident, restores bring it to a close."""
+    first = await started(tmp_path)
+    await mains_lost(first, *MAINS_USERS)
+    await first.step(60)
+    first.beat("1234", *EVERYONE)
+    [(incident_id,)] = first.world.q("SELECT id FROM cases WHERE protocol = 'supervision'")
+    assert first.service.outages.incidents == 1
+    assert len(affected_in_log(first, incident_id)) == 400
+
+    second = await restart(first, tmp_path, 3 * 60)
+    assert second.service.outages.incidents == 1  # known again before anything arrives
+    assert second.service.outages.affected(("dc09", "A7")) is not None
+    # after the restart: 50 more report mains lost, and A5 (a member) reports it again
+    await mains_lost(second, *EVERYONE[400:450], "A5")
+    second.beat("1234", *EVERYONE)
+    for _ in range(8):  # past every hold (window 5 min) and the start-up grace (10 min)
+        await second.step(60)
+        second.beat("1234", *EVERYONE)
+    open_cases = second.world.q("SELECT id FROM cases WHERE closed_at IS NULL")
+    assert open_cases == [(incident_id,)]  # still one incident, every held case folded
+    assert routed(second) == []
+    assert second.world.q("SELECT count(*) FROM outbox") == [(0,)]
+    assert len(affected_in_log(second, incident_id)) == 450
+
+    # mains back for 360 of the first 400: 80 % of 450, the incident closes; the other 90
+    # are still on battery and each get their own case
+    await mains_lost(second, *MAINS_USERS[:360], restored=True)
+    await second.step(1)
+    assert second.world.q("SELECT state, outcome FROM cases WHERE id = ?", incident_id) == [
+        ("closed", "technical")
+    ]
+    assert second.service.outages.incidents == 0
+    own = second.world.q(
+        "SELECT source, kind, state FROM cases WHERE closed_at IS NULL ORDER BY id"
+    )
+    still = {*MAINS_USERS[360:], *EVERYONE[400:450]}
+    assert {source for source, _, _ in own} == still and len(own) == len(still)
+    assert {(kind, state) for _, kind, state in own} == {("mains_lost", "notifying")}
+    await second.world.store.close()
+
+
+async def test_restart_within_the_window_counts_the_reports_from_before_it(
+    tmp_path: Path,
+) -> None:
+    """Threshold 20: 12 report mains lost, alarmd restarts within the window, 8 more report:
+    one incident of 20, every held case folded, none routed on its own."""
+    first = await started(tmp_path)
+    await mains_lost(first, *EVERYONE[:12])
+    await first.step(60)
+    assert first.world.q("SELECT count(*), max(state) FROM cases") == [(12, "new")]  # held
+
+    second = await restart(first, tmp_path, 60)
+    await mains_lost(second, *EVERYONE[12:20])
+    for _ in range(10):  # well past the window of every report
+        await second.step(60)
+        second.beat("1234", *EVERYONE)
+    open_cases = second.world.q("SELECT source, kind FROM cases WHERE closed_at IS NULL")
+    assert open_cases == [("incident:eksempel-kommune:0002", "link_lost")]
+    [(incident_id,)] = second.world.q("SELECT id FROM cases WHERE protocol = 'supervision'")
+    note = f"folded into outage incident case {incident_id}"
+    assert second.world.q(
+        "SELECT count(*), min(close_note), max(close_note) FROM cases WHERE kind = 'mains_lost'"
+    ) == [(20, note, note)]
+    assert routed(second) == []
+    assert second.world.q("SELECT count(*) FROM outbox") == [(0,)]
+    assert len(affected_in_log(second, incident_id)) == 20
+    await second.world.store.close()
+
+
+async def test_a_lone_held_report_across_a_restart_is_routed_once_when_its_window_ends(
+    tmp_path: Path,
+) -> None:
+    first = await started(tmp_path)
+    await mains_lost(first, "A1")  # T0+5: held until T0+10
+    await first.step(60)
+    second = await restart(first, tmp_path, 60)  # back at T0+7
+    await second.step(0)
+    assert second.world.q("SELECT kind, state FROM cases") == [("mains_lost", "new")]
+    await second.step(2 * 60)  # T0+9: still held
+    assert routed(second) == []
+    await second.step(60)  # T0+10: the window is over and nobody followed
+    assert routed(second) == [("A1", 1)]
+    for _ in range(10):
+        await second.step(60)
+        second.beat("1234", *EVERYONE)
+    assert routed(second) == [("A1", 1)]  # once
+    assert second.world.q("SELECT kind, state, queue FROM cases") == [
+        ("mains_lost", "notifying", "technical")
+    ]
+    await second.world.store.close()
