@@ -234,3 +234,53 @@ def test_a_mains_lost_report_alone_is_pending_then_individual_and_a_restore_clea
     assert t.tick(T0 + HOUR) == []
     assert t.lost(("dc09", "B"), AREA, T0 + HOUR, MAINS) == []
     assert t.back(("dc09", "B"), T0 + HOUR + MIN, MAINS) == [Cleared(("dc09", "B"))]
+
+
+def test_restore_rebuilds_an_incident_its_members_and_what_was_waiting() -> None:
+    """After a restart: an incident of 10 (8 on battery, 1 silent, 1 already back), a device
+    on battery with its own case, and 2 reports still waiting for their window."""
+    area = ("k", "0002")
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    members = [("dc09", f"M{n}") for n in range(10)]
+    affected = [(k, area, MAINS, T0) for k in members[:8]]
+    affected += [(members[8], area, "link_lost", T0 - MIN), (("dc09", "OWN"), area, MAINS, T0)]
+    t.restore(affected, [(area, T0, members)])
+    assert t.incidents == 1
+    assert t.affected(members[8]) is not None and t.affected(members[9]) is None
+    # a waiting report is folded into the open incident at once
+    assert t.lost(("dc09", "W1"), area, T0 + MIN, MAINS) == [
+        Folded(("dc09", "W1"), area, MAINS, t.affected(("dc09", "W1")))
+    ]
+    assert t.back(("dc09", "OWN"), T0 + 2 * MIN, MAINS) == []  # its own case, not a member
+    # 11 members, 1 back: 8 more back (9 of 11 >= 80 %) close it; the silent one and W1
+    # (on battery) are still affected
+    for k in members[:7]:
+        assert t.back(k, T0 + 3 * MIN, MAINS) == [Recovered(k, area)]
+    [_, closed] = t.back(members[7], T0 + 3 * MIN, MAINS)
+    assert isinstance(closed, IncidentClosed)
+    assert set(closed.still_silent) == {members[8], ("dc09", "W1")}
+
+
+def test_restore_lets_waiting_reports_reach_the_threshold_and_lone_ones_ripen() -> None:
+    area = ("k", "0002")
+    t = OutageTracker(threshold=3, window=5 * MIN)
+    t.restore([], [])
+    assert t.lost(("dc09", "A"), area, T0, MAINS) == []
+    assert t.lost(("dc09", "B"), ("k", "0003"), T0 + MIN, MAINS) == []
+    [opened] = t.lost(("dc09", "C"), area, T0 + 2 * MIN, MAINS) + t.lost(
+        ("dc09", "D"), area, T0 + 3 * MIN, MAINS
+    )
+    assert isinstance(opened, IncidentOpened) and opened.started_at == T0
+    assert t.tick(T0 + 6 * MIN) == [Individual(("dc09", "B"), T0 + MIN, (MAINS,))]
+
+
+def test_a_member_restored_as_lost_is_restored_when_heard_from() -> None:
+    s = Supervisor()
+    s.supervise(("dc09", "1"), 5 * MIN, MIN, T0, last_seen=T0 - HOUR)
+    s.resume(T0, 10 * MIN)
+    s.restore_lost(("dc09", "1"), T0 - 50 * MIN)
+    s.restore_lost(("dc09", "unknown"), T0)  # not supervised: ignored
+    assert s.lost == 1 and s.is_lost(("dc09", "1"))
+    assert s.due(T0 + HOUR) == []  # already reported: not again
+    assert s.seen(("dc09", "1"), T0 + HOUR) == LinkRestored(("dc09", "1"), T0 - 50 * MIN, 2 * HOUR)
+    assert s.lost == 0
