@@ -169,6 +169,16 @@ async def test_restart_in_the_middle_of_an_outage_is_no_flood(tmp_path: Path) ->
         second.beat("1234", *EVERYONE[:10])
     # still one outage: the silent devices joined the open incident case, no flood of cases
     assert second.world.q("SELECT count(*) FROM cases") == [(1,)]
+    # the incident still knows its silent members: the 10 that called in are back
+    [(incident_id,)] = second.world.q("SELECT id FROM cases")
+    members = affected_in_log(second, incident_id)
+    assert len(members) == AREA_DEVICES - 10 and "dc09:A0" not in members
+    back = second.world.q(
+        "SELECT data FROM case_log WHERE case_id = ? AND type = 'outage_back'", incident_id
+    )
+    assert sorted(d for (data,) in back for d in json.loads(data)["devices"]) == sorted(
+        f"dc09:{s}" for s in EVERYONE[:10]
+    )
     await store.close()
 
 
