@@ -203,7 +203,7 @@ class SupervisionService:
         ) as cursor:
             incident_rows = [tuple(r) for r in await cursor.fetchall()]
         async with reader.execute(
-            "SELECT c.protocol, c.source, c.opened_at FROM cases c"
+            "SELECT c.protocol, c.source, c.opened_at, c.id FROM cases c"
             " WHERE c.kind = ? AND c.closed_at IS NULL AND c.escalation IS NULL"
             " AND EXISTS (SELECT 1 FROM case_log l WHERE l.case_id = c.id AND l.type = 'held')"
             " ORDER BY c.opened_at, c.id",
@@ -227,9 +227,18 @@ class SupervisionService:
                     on_battery[key] = None
                 elif on_battery.get(key) is None:
                     on_battery[key] = parse_iso(at)
-        held: dict[DeviceKey, datetime] = {}
-        for protocol, source, opened_at in held_rows:
-            held.setdefault((str(protocol), str(source)), parse_iso(opened_at))
+        # a hold that ran out while alarmd was down: a fresh window from now (the neighbours'
+        # reports were delayed by the downtime too), like the start-up grace of link losses
+        held: dict[DeviceKey, tuple[datetime, datetime]] = {}  # -> (waits from, reported)
+        extend: list[int] = []
+        for protocol, source, opened_at, case_id in held_rows:
+            reported = at = parse_iso(opened_at)
+            if at + self.outages.window <= now:
+                at = now
+                extend.append(int(case_id))
+            held.setdefault((str(protocol), str(source)), (at, reported))
+        if extend and self._engine is not None:
+            await self._engine.extend_outage_hold(extend, now + self.outages.window)
         affected: list[tuple[DeviceKey, tuple[str, str], str, datetime]] = [
             (key, self._areas[key], MAINS, since)
             for key, since in on_battery.items()
@@ -256,10 +265,10 @@ class SupervisionService:
             affected, [(g, *started_members) for g, started_members in incidents.items()]
         )
         resumed: list[OutageAction] = []
-        for key, at in sorted(held.items(), key=lambda item: item[1]):
+        for key, (at, reported) in sorted(held.items(), key=lambda item: item[1]):
             area = self._areas.get(key)
             if area is not None:
-                since = on_battery.get(key) or at
+                since = on_battery.get(key) or reported
                 resumed += self.outages.lost(key, area, at, MAINS, since)
         self._resumed = resumed
         log.info(

@@ -530,3 +530,37 @@ async def test_a_lone_held_report_across_a_restart_is_routed_once_when_its_windo
         ("mains_lost", "notifying", "technical")
     ]
     await second.world.store.close()
+
+
+async def test_holds_that_ran_out_while_alarmd_was_down_get_a_fresh_window(
+    tmp_path: Path,
+) -> None:
+    """alarmd down for 30 minutes (longer than the window) while 12 reports were held: their
+    neighbours' reports come after the restart, and together they are one incident; a lone
+    report held the same way is routed once, a window after the restart."""
+    first = await started(tmp_path)
+    await mains_lost(first, *EVERYONE[:12])
+    await mains_lost(first, "1234")  # postcode 0001: alone
+    await first.step(60)
+    second = await restart(first, tmp_path, 30 * 60)
+    await second.step(0)
+    assert routed(second) == []  # not routed the moment alarmd is back
+    await mains_lost(second, *EVERYONE[12:20])
+    for _ in range(4):
+        await second.step(60)
+        second.beat("1234", *EVERYONE)
+    assert routed(second) == []
+    await second.step(60)  # a window after the restart: 1234's report was alone
+    for _ in range(5):
+        await second.step(60)
+        second.beat("1234", *EVERYONE)
+    assert routed(second) == [("1234", 1)]
+    open_cases = second.world.q("SELECT source, kind FROM cases WHERE closed_at IS NULL")
+    assert sorted(open_cases) == [
+        ("1234", "mains_lost"),
+        ("incident:eksempel-kommune:0002", "link_lost"),
+    ]
+    assert second.world.q(
+        "SELECT count(*) FROM cases WHERE kind = 'mains_lost' AND close_note LIKE 'folded%'"
+    ) == [(20,)]
+    await second.world.store.close()

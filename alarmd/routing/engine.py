@@ -546,6 +546,38 @@ class Engine:
         self._after_commit(outcome)
         return outcome.case_id
 
+    async def extend_outage_hold(self, case_ids: Sequence[int], until: datetime) -> None:
+        """Held cases whose hold ran out while alarmd was down wait until ``until`` (a fresh
+        outage window from the restart), so that supervision can still fold them if their
+        neighbours' reports, delayed by the downtime, follow. Only open cases not routed
+        yet and held to before ``until`` are touched."""
+
+        def job(conn: sqlite3.Connection) -> _JobOutcome:
+            out = _JobOutcome()
+            now = self._clock.now()
+            for case_id in case_ids:
+                row = conn.execute(
+                    "UPDATE cases SET next_step_at = ?, updated_at = ?, version = version + 1"
+                    " WHERE id = ? AND closed_at IS NULL AND escalation IS NULL"
+                    " AND next_step_at < ? RETURNING id",
+                    (iso(until), iso(now), case_id, iso(until)),
+                ).fetchone()
+                if row is None:
+                    continue
+                case_store.append_log(
+                    conn,
+                    case_id,
+                    now,
+                    SYSTEM,
+                    "held",
+                    f"held until {iso(until)}: alarmd was down when its hold ended",
+                )
+                out.deadlines.append((case_id, until))
+                out.changed.append(case_id)
+            return out
+
+        self._after_commit(await self._store.writer.submit(job))
+
     # --- door 2: deadlines --------------------------------------------------------------------
 
     async def run_due(self) -> int:
