@@ -1,23 +1,37 @@
-"""DC-09 ingest benchmark: alarmd against a pysiaalarm receiver, in the same run.
+"""DC-09 ingest benchmark: alarmd against a pysiaalarm receiver and a null receiver, in one run.
 
 What it measures, for 1, 10, 100 and 1,000 persistent TCP connections in a closed loop
-(each connection sends a clear-text ADM-CID frame and waits for the ACK before the next):
+(each connection sends a clear-text ADM-CID frame and waits for the reply before the next):
 
 * events/s acknowledged, ACK latency p50/p99 (client side: frame written -> ACK read),
-* the server's CPU (utime+stime of its process over the measured interval, % of one core),
+* the server's CPU (utime+stime of its process over the measured interval, % of one core)
+  and the client's, bytes written to storage and write syscalls per event,
 * and, separately, the server's RSS growth per idle connection at 10,000 idle connections.
 
-Each server first gets ``--prewarm`` seconds of untimed load, the same for both: a fresh
-SQLite database is slower for its first thousands of commits while its WAL file grows,
-and a receiver in service runs warm.
+Servers, each in turn against the same client:
 
-alarmd runs as the real daemon (``alarmd run``) with ``synchronous=FULL``: every ACK
-follows a durable commit. The baseline is pysiaalarm (PyPI) in its own virtual
-environment; it ACKs before processing and stores nothing. The load generator runs in
-its own process (so on the other core of a 2-core machine) and is the same for both.
+* ``null``: bench/dc09_null_server.py answers every frame with a precomputed ACK and does
+  nothing else. Its figure is the load generator's ceiling on this machine: a receiver
+  measured near it is measured against the client, not itself.
+* ``alarmd``: the real daemon (``alarmd run``) with ``synchronous=FULL``: every ACK follows
+  a durable commit. ``--compare-src DIR`` adds ``alarmd-base``, the daemon from another
+  source tree (e.g. ``git archive <commit> alarmd | tar -x -C DIR``), for an A/B in one run.
+* ``pysiaalarm``: PyPI's pysiaalarm in its own virtual environment; it ACKs before
+  processing and stores nothing.
+
+Each server first gets ``--prewarm`` seconds of untimed load, the same for all: a fresh
+SQLite database is slower for its first thousands of commits while its WAL file grows,
+and a receiver in service runs warm. Every run (pre-warm and each level) puts its own
+number in the frames' partition field, so no run re-sends an earlier run's frames: with a
+24 h de-dup window they would be retransmissions, answered without storing anything.
+
+The client is cheap on purpose (frames from a CRC table, no encoding per frame; see
+``_frames_for``) and runs in ``--clients`` processes (default 1: on 2 cores a second one
+takes the server's core).
 
 Usage:  .venv/bin/python bench/dc09_ingest.py [--duration 5] [--connections 1,10,100,1000]
-        [--idle 10000] [--prewarm 8] [--skip-baseline]
+        [--idle 10000] [--prewarm 8] [--servers null,alarmd,pysiaalarm] [--clients 1]
+        [--compare-src DIR] [--skip-baseline] [--skip-null]
 """
 
 from __future__ import annotations
