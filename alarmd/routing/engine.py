@@ -136,6 +136,19 @@ class _JobOutcome:
     case_id: int | None = None
 
 
+
+def case_key(base: str, kind: EventKind, protocol: str, source: str) -> str:
+    """The key under which an event finds its open case (``cases.open_key``).
+
+    A user's alarms join one case per kind, whichever of the user's devices sends them (a
+    second press is the same situation). A technical condition belongs to one device: two
+    devices of one user go silent and come back on their own, so a restore from one must
+    never close the case of the other. ``base`` is ``user:<id>`` or ``src:<protocol>:<source>``
+    (the latter names the device already)."""
+    if kind.category is Category.TECHNICAL and base.startswith("user:"):
+        return f"{base}|{kind.value}|{protocol}:{source}"
+    return f"{base}|{kind.value}"
+
 class Engine:
     """Opens, routes and escalates cases; the only writer of cases, case log and outbox."""
 
@@ -330,7 +343,7 @@ class Engine:
         if category is Category.INFO:
             self._info_event(conn, event, event_id, base, now, out)
             return
-        key = f"{base}|{event.kind.value}"
+        key = case_key(base, event.kind, event.protocol, event.source)
         what = _describe(event)
         if event.condition.value == "restore":
             row = conn.execute(
@@ -516,7 +529,7 @@ class Engine:
                 )
                 found = conn.execute(
                     "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL",
-                    (f"{base}|{fold_kind.value}",),
+                    (case_key(base, fold_kind, device_protocol, identity),),
                 ).fetchone()
                 case = None if found is None else case_store.load_case(conn, int(found[0]))
                 if case is None or case.accepted_by is not None or case.id == incident_id:

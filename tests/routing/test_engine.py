@@ -8,6 +8,7 @@ time moves with ``clock.advance`` and deadlines fire with ``engine.run_due()``.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -273,3 +274,33 @@ async def test_outage_hold_delays_only_a_mains_lost_case_never_an_alarm(world: W
     )
     await world.tick(5 * 60)
     assert world.q("SELECT state, queue FROM cases WHERE id = 1") == [("notifying", "technical")]
+
+
+async def test_a_technical_case_is_per_device_so_one_restore_closes_only_its_own(
+    world: World,
+) -> None:
+    """Astrid has a safety alarm and a GPS unit; both go silent, only the GPS comes back:
+    the safety alarm's link-lost case stays open. (Alarms still join per user and kind.)"""
+
+    def second_device(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO devices (tenant, user_id, protocol, identity, updated_at)"
+            " VALUES ('eksempel-kommune', 1, 'dc09', '4321', ?)",
+            (NOW,),
+        )
+
+    await world.store.writer.submit(second_device)
+    await world.send(EventKind.LINK_LOST, source="1234")
+    await world.send(EventKind.LINK_LOST, source="4321")
+    await world.tick()
+    assert [r[0] for r in world.q("SELECT source FROM cases ORDER BY id")] == ["1234", "4321"]
+    await world.send(EventKind.LINK_LOST, source="4321", condition=Condition.RESTORE)
+    await world.tick()
+    assert world.case(1)["closed_at"] is None
+    assert world.case(2)["closed_at"] is not None
+    # two presses from the two devices are still one alarm situation
+    await world.send(EventKind.ASSISTANCE, source="1234")
+    await world.send(EventKind.ASSISTANCE, source="4321")
+    assert world.q("SELECT count(*), sum(event_count) FROM cases WHERE kind = 'assistance'") == [
+        (1, 2)
+    ]
