@@ -136,7 +136,6 @@ class _JobOutcome:
     case_id: int | None = None
 
 
-
 def case_key(base: str, kind: EventKind, protocol: str, source: str) -> str:
     """The key under which an event finds its open case (``cases.open_key``).
 
@@ -148,6 +147,7 @@ def case_key(base: str, kind: EventKind, protocol: str, source: str) -> str:
     if kind.category is Category.TECHNICAL and base.startswith("user:"):
         return f"{base}|{kind.value}|{protocol}:{source}"
     return f"{base}|{kind.value}"
+
 
 class Engine:
     """Opens, routes and escalates cases; the only writer of cases, case log and outbox."""
