@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from alarmd import metrics
 from alarmd.model import Event, Flag, Receipt
 from alarmd.store.db import Store, StoreError
-from alarmd.store.events import AppendBatch, CaseHook
+from alarmd.store.events import AppendBatch, BatchCaseHook, CaseHook
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,7 @@ class Intake:
         self._tenant_of = tenant_of
         self._listeners: list[Listener] = []
         self._case_hook: CaseHook | None = None
+        self._batch_hook: BatchCaseHook | None = None
         # the batch that the writer has not started yet: new submissions join it
         self._open: _Batch | None = None
 
@@ -55,9 +56,17 @@ class Intake:
         """Swap the directory lookup (configuration reload)."""
         self._tenant_of = tenant_of
 
-    def set_case_hook(self, hook: CaseHook) -> None:
-        """The routing engine's ``on_event``: runs in each new event's own transaction."""
+    def set_case_hook(self, hook: CaseHook, batch_hook: BatchCaseHook | None = None) -> None:
+        """The routing engine's ``on_event``: runs in each new event's own transaction.
+
+        ``batch_hook`` does the same for every new event of one writer batch at once
+        (``Engine.on_events``). If it is not given and ``hook`` is a bound method whose
+        object has an ``on_events``, that is taken.
+        """
+        if batch_hook is None:
+            batch_hook = getattr(getattr(hook, "__self__", None), "on_events", None)
         self._case_hook = hook
+        self._batch_hook = batch_hook
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -84,7 +93,9 @@ class Intake:
         tenants = [tenant_of(event.protocol, event.source) for event in events]
         batch = self._open
         if batch is None or len(batch.job) >= _MAX_SUBMISSIONS:
-            batch = self._open = _Batch(AppendBatch(self._window, self._case_hook))
+            batch = self._open = _Batch(
+                AppendBatch(self._window, self._case_hook, self._batch_hook)
+            )
             committed = self._store.writer.enqueue(partial(self._run, batch))
             committed.add_done_callback(partial(self._committed, batch))
         batch.job.add(events, tenants)

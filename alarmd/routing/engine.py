@@ -81,7 +81,13 @@ from alarmd.routing.escalation import (
 )
 from alarmd.store import cases as case_store
 from alarmd.store.db import Store, StoreError, iso, parse_iso
-from alarmd.store.directory import UserFacts, find_device, resolve_recipient, user_facts
+from alarmd.store.directory import (
+    DeviceLink,
+    UserFacts,
+    find_device,
+    resolve_recipient,
+    user_facts,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +142,16 @@ class _JobOutcome:
     case_id: int | None = None
 
 
+@dataclass(slots=True)
+class _CaseBatch:
+    """What ``on_events`` keeps for one batch: devices looked up, case ids to write, and
+    the cases opened (counted once the batch's savepoint is released)."""
+
+    devices: dict[tuple[str, str], DeviceLink | None] = field(default_factory=dict)
+    case_ids: list[tuple[int, int]] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
+
+
 def case_key(base: str, kind: EventKind, protocol: str, source: str) -> str:
     """The key under which an event finds its open case (``cases.open_key``).
 
@@ -182,6 +198,7 @@ class Engine:
         self._case_listeners: list[Callable[[Iterable[int]], None]] = []
         self._pending: _JobOutcome = _JobOutcome()  # on_event's effects, until intake commits
         self._outage_hold: timedelta | None = None
+        self._batch: _CaseBatch | None = None  # set while on_events runs
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -298,6 +315,121 @@ class Engine:
                 self._open_bare(conn, event, event_id, tenant)
         conn.execute("RELEASE case_hook")
 
+    def on_events(
+        self, conn: sqlite3.Connection, items: Sequence[tuple[Event, int, str | None]]
+    ) -> None:
+        """``on_event`` for every new event of one intake batch, in order, at less cost.
+
+        One savepoint for the whole batch instead of one per event, each device looked up
+        once per batch, and the events' ``case_id`` written by one statement at the end. If
+        anything in the batch fails (other than the database itself), the batch's case work
+        is undone and every event goes through ``on_event`` on its own, so a failing event
+        fails alone and gets its bare case exactly as it would have without the batch.
+        """
+        if len(items) <= 1:
+            for event, event_id, tenant in items:
+                self.on_event(conn, event, event_id, tenant)
+            return
+        out = self._pending
+        marks = (len(out.deadlines), len(out.changed), out.outbox_rows)
+        batch = _CaseBatch()
+        conn.execute("SAVEPOINT case_hooks")
+        self._batch = batch
+        try:
+            for event, event_id, tenant in self._join_open(conn, items):
+                self._on_event(conn, event, event_id, tenant)
+            if batch.case_ids:
+                conn.executemany("UPDATE events SET case_id = ? WHERE id = ?", batch.case_ids)
+        except sqlite3.OperationalError:
+            raise  # disk or lock trouble: the whole transaction fails, nothing is ACKed
+        except Exception:
+            conn.execute("ROLLBACK TO case_hooks")
+            conn.execute("RELEASE case_hooks")
+            self._batch = None
+            del out.deadlines[marks[0] :]
+            del out.changed[marks[1] :]
+            out.outbox_rows = marks[2]
+            for event, event_id, tenant in items:
+                self.on_event(conn, event, event_id, tenant)
+            return
+        finally:
+            self._batch = None
+        conn.execute("RELEASE case_hooks")
+        for category in batch.opened:
+            metrics.CASES_OPENED.labels(category).inc()
+
+    def _join_open(
+        self, conn: sqlite3.Connection, items: Sequence[tuple[Event, int, str | None]]
+    ) -> Sequence[tuple[Event, int, str | None]]:
+        """In a batch of alarms only (no restore, no informational event: nothing in it can
+        close a case), join every alarm whose case is open already, all at once: one look-up
+        of the open cases and one update per case, with the same end state as one
+        ``UPDATE … RETURNING`` per event. Returns the events left for ``_on_event``, in order
+        (those that open a case, and the later ones that join it)."""
+        keys: list[str] = []
+        for event, _, _ in items:
+            if event.condition.value == "restore" or event.kind.category is Category.INFO:
+                return items
+            device = self._find_device(conn, event.protocol, event.source)
+            user_id = device.user_id if device is not None else None
+            base = (
+                f"user:{user_id}" if user_id is not None else f"src:{event.protocol}:{event.source}"
+            )
+            keys.append(case_key(base, event.kind, event.protocol, event.source))
+        open_ids = dict(
+            conn.execute(
+                "SELECT open_key, id FROM cases WHERE closed_at IS NULL"
+                " AND open_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(set(keys))),),
+            ).fetchall()
+        )
+        if not open_ids:
+            return items
+        joined: dict[int, list[Any]] = {}  # case id -> [events, top priority, last time]
+        rest: list[tuple[Event, int, str | None]] = []
+        changed = self._pending.changed
+        for item, key in zip(items, keys, strict=True):
+            case_id = open_ids.get(key)
+            if case_id is None:
+                rest.append(item)
+                continue
+            event, event_id, _ = item
+            counts = joined.get(case_id)
+            if counts is None:
+                joined[case_id] = [1, int(event.priority), event.received_at]
+            else:
+                counts[0] += 1
+                counts[1] = max(counts[1], int(event.priority))
+                counts[2] = event.received_at
+            self._set_case(conn, event_id, case_id)
+            changed.append(case_id)
+        conn.executemany(
+            "UPDATE cases SET event_count = event_count + ?, priority = max(priority, ?),"
+            " updated_at = ?, version = version + ? WHERE id = ?",
+            [(n, top, iso(last), n, case_id) for case_id, (n, top, last) in joined.items()],
+        )
+        return rest
+
+    def _find_device(
+        self, conn: sqlite3.Connection, protocol: str, source: str
+    ) -> DeviceLink | None:
+        batch = self._batch
+        if batch is None:
+            return find_device(conn, protocol, source)
+        key = (protocol, source)
+        if key in batch.devices:
+            return batch.devices[key]
+        device = batch.devices[key] = find_device(conn, protocol, source)
+        return device
+
+    def _set_case(self, conn: sqlite3.Connection, event_id: int, case_id: int) -> None:
+        """The event row names its case; in a batch, written once at its end."""
+        batch = self._batch
+        if batch is None:
+            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+        else:
+            batch.case_ids.append((case_id, event_id))
+
     def _open_bare(
         self, conn: sqlite3.Connection, event: Event, event_id: int, tenant: str | None
     ) -> None:
@@ -333,7 +465,7 @@ class Engine:
         category = event.kind.category
         if category is Category.INFO and event.kind not in _INFO_TOUCHING:
             return
-        device = find_device(conn, event.protocol, event.source)
+        device = self._find_device(conn, event.protocol, event.source)
         user_id = device.user_id if device is not None else None
         if device is not None:
             tenant = device.tenant
@@ -344,7 +476,6 @@ class Engine:
             self._info_event(conn, event, event_id, base, now, out)
             return
         key = case_key(base, event.kind, event.protocol, event.source)
-        what = _describe(event)
         if event.condition.value == "restore":
             row = conn.execute(
                 "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL", (key,)
@@ -352,9 +483,15 @@ class Engine:
             if row is None:
                 return
             case_id = int(row[0])
-            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            self._set_case(conn, event_id, case_id)
             case_store.append_log(
-                conn, case_id, now, SYSTEM, "restored", f"{what}: restored", {"event_id": event_id}
+                conn,
+                case_id,
+                now,
+                SYSTEM,
+                "restored",
+                f"{_describe(event)}: restored",
+                {"event_id": event_id},
             )
             if category is Category.TECHNICAL:
                 self._close_restored(conn, case_id, now, out)
@@ -371,7 +508,7 @@ class Engine:
         ).fetchone()
         if row is not None:
             case_id = int(row[0])
-            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            self._set_case(conn, event_id, case_id)
             out.changed.append(case_id)
             return
         flags = set(event.flags)
@@ -407,14 +544,14 @@ class Engine:
             ),
         )
         case_id = int(cursor.lastrowid or 0)
-        conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+        self._set_case(conn, event_id, case_id)
         case_store.append_log(
             conn,
             case_id,
             now,
             SYSTEM,
             "opened",
-            f"case opened: {what}"
+            f"case opened: {_describe(event)}"
             + ("" if user_id is not None else " (no service user registered for this device)"),
             {"event_id": event_id},
         )
@@ -428,7 +565,10 @@ class Engine:
                 f"held until {iso(due)}: folded into an outage incident if its area loses"
                 " power too, routed on its own otherwise",
             )
-        metrics.CASES_OPENED.labels(category.value).inc()
+        if self._batch is None:
+            metrics.CASES_OPENED.labels(category.value).inc()
+        else:
+            self._batch.opened.append(category.value)
         out.deadlines.append((case_id, due))
         out.changed.append(case_id)
 
@@ -448,7 +588,7 @@ class Engine:
         ).fetchall()
         who = f"device:{event.protocol}:{event.source}"
         for (case_id,) in rows:
-            conn.execute("UPDATE events SET case_id = ? WHERE id = ?", (case_id, event_id))
+            self._set_case(conn, event_id, case_id)
             if event.kind is EventKind.CARER_PRESENT:
                 case = case_store.load_case(conn, case_id)
                 if case is not None:

@@ -36,6 +36,8 @@ _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id 
 
 
 CaseHook = Callable[[sqlite3.Connection, Event, int, "str | None"], None]
+# The case hook for every new event of one batch at once, in order: (event, event_id, tenant).
+BatchCaseHook = Callable[[sqlite3.Connection, Sequence[tuple[Event, int, "str | None"]]], None]
 
 Row = tuple[Any, ...]  # an events row's values in _COLUMN_NAMES order, then the horizon
 
@@ -164,11 +166,30 @@ class AppendBatch:
     writer's own fallback does that) and gives the same answer each time.
     """
 
-    __slots__ = ("_events", "_iso", "_on_new", "_rows", "_sizes", "_tenants", "_window")
+    __slots__ = (
+        "_events",
+        "_iso",
+        "_on_new",
+        "_on_new_batch",
+        "_rows",
+        "_sizes",
+        "_tenants",
+        "_window",
+    )
 
-    def __init__(self, dedup_window: timedelta, on_new: CaseHook | None = None) -> None:
+    def __init__(
+        self,
+        dedup_window: timedelta,
+        on_new: CaseHook | None = None,
+        on_new_batch: BatchCaseHook | None = None,
+    ) -> None:
+        """``on_new_batch``, if given, replaces ``on_new`` on the batched path: called once
+        with every new event, in order, after the batch's rows are stored (it must behave as
+        ``on_new`` called for each, and fail no event but its own). The one-by-one fallback
+        still calls ``on_new`` per event."""
         self._window = dedup_window
         self._on_new = on_new
+        self._on_new_batch = on_new_batch if on_new is not None else None
         self._events: list[Event] = []
         self._tenants: list[str | None] = []
         self._rows: list[Row] = []
@@ -231,7 +252,10 @@ class AppendBatch:
             start += size
         ids: list[int] = []
         duplicate: list[bool] = []
-        on_new, events, tenants = self._on_new, self._events, self._tenants
+        events, tenants = self._events, self._tenants
+        on_new_batch = self._on_new_batch
+        on_new = self._on_new if on_new_batch is None else None
+        fresh: list[tuple[Event, int, str | None]] = []
         for index, row in enumerate(rows):
             key = row[_KEY]
             if first[key] == index:
@@ -247,11 +271,17 @@ class AppendBatch:
                 duplicate.append(False)
                 if on_new is not None:
                     on_new(conn, events[index], event_id, tenants[index])
+                elif on_new_batch is not None:
+                    fresh.append((events[index], event_id, tenants[index]))
                 continue
             original = int(conn.execute(_FIND_COPY, (key, row[_HORIZON])).fetchone()[0])
             conn.execute(_COUNT_COPY, (original,))
             ids.append(original)
             duplicate.append(True)
+        if fresh and on_new_batch is not None:
+            # After the later copies' statements, not between them: the hook touches cases
+            # and the events' case_id only, which de-duplication never reads.
+            on_new_batch(conn, fresh)
         return ids, duplicate
 
     def _one_by_one(self, conn: sqlite3.Connection) -> list[Receipt | Exception]:

@@ -304,3 +304,105 @@ async def test_a_technical_case_is_per_device_so_one_restore_closes_only_its_own
     assert world.q("SELECT count(*), sum(event_count) FROM cases WHERE kind = 'assistance'") == [
         (1, 2)
     ]
+
+
+async def _send_together(world: World, sources: list[str]) -> list[int]:
+    """Submit one event per source at once: intake stores them in one writer batch."""
+    from alarmd.model import Event
+
+    events = []
+    for source in sources:
+        world.seq += 1
+        events.append(
+            Event(
+                protocol="dc09",
+                source=source,
+                kind=EventKind.FALL,
+                condition=Condition.ALARM,
+                priority=EventKind.FALL.default_priority,
+                received_at=world.clock.now(),
+                dedup_key=f"dc09:{source}:{world.seq}",
+                raw=b"frame",
+            )
+        )
+    receipts = await asyncio.gather(*(world.intake.submit([e]) for e in events))
+    return [r.event_ids[0] for r in receipts]
+
+
+async def test_a_batch_of_presses_joins_one_case_and_every_event_names_it(world: World) -> None:
+    ids = await _send_together(world, ["1234", "1234", "9999", "1234"])
+    assert world.q("SELECT count(*) FROM cases") == [(2,)]
+    assert world.case()["event_count"] == 3
+    assert world.case()["user_id"] == 1
+    assert world.case(2)["user_id"] is None and "unregistered" in world.case(2)["flags"]
+    assert world.q("SELECT id, case_id FROM events ORDER BY id") == [
+        (ids[0], 1),
+        (ids[1], 1),
+        (ids[2], 2),
+        (ids[3], 1),
+    ]
+    await world.tick()
+    assert world.case()["state"] == "notifying"
+    assert world.case(2)["state"] == "at_centre"
+
+
+async def test_a_case_bug_in_a_batch_fails_that_event_alone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's case work is undone and re-run event by event: the failing event gets its
+    bare case, the others their ordinary ones, and every event is stored and acknowledged."""
+    from alarmd.routing import engine as engine_module
+
+    real = engine_module.case_key
+
+    def broken(base: str, kind: EventKind, protocol: str, source: str) -> str:
+        if source == "666":
+            raise RuntimeError("a bug in case logic")
+        return real(base, kind, protocol, source)
+
+    monkeypatch.setattr(engine_module, "case_key", broken)
+    ids = await _send_together(world, ["1234", "666", "1234"])
+    rows = world.q(
+        "SELECT e.id, c.open_key, c.event_count FROM events e JOIN cases c ON c.id = e.case_id"
+        " ORDER BY e.id"
+    )
+    assert rows == [
+        (ids[0], "user:1|fall", 2),
+        (ids[1], f"bare:{ids[1]}", 1),
+        (ids[2], "user:1|fall", 2),
+    ]
+    assert world.q("SELECT count(*) FROM cases") == [(2,)]
+    await world.tick()
+    states = dict(world.q("SELECT open_key, state FROM cases"))
+    assert states == {"user:1|fall": "notifying", f"bare:{ids[1]}": "at_centre"}
+
+
+async def test_a_batch_joining_open_cases_ends_as_one_event_at_a_time_would(
+    tmp_path: Path,
+) -> None:
+    """The same events, once one by one and once in one batch, leave the same cases."""
+    worlds = []
+    for name in ("one", "batch"):
+        store = await Store.open(tmp_path / f"{name}.sqlite")
+        await store.writer.submit(seed_directory)
+        w = World(store, FakeClock(T0), Router())
+        await w.send(source="1234")
+        await w.send(source="9999")
+        w.clock.advance(5)
+        worlds.append(w)
+    one, batch = worlds
+    sources = ["1234", "9999", "777", "1234", "777", "9999", "1234"]
+    for source in sources:
+        await one.send(source=source)
+    await _send_together(batch, sources)
+    cases = "SELECT * FROM cases ORDER BY id"
+    assert one.q(cases) == batch.q(cases)
+    events = "SELECT id, case_id FROM events ORDER BY id"
+    assert one.q(events) == batch.q(events)
+    assert batch.q("SELECT id, event_count, version FROM cases ORDER BY id") == [
+        (1, 4, 4),
+        (2, 3, 3),
+        (3, 2, 2),
+    ]
+    for w in worlds:
+        await w.store.close()
