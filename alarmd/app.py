@@ -323,7 +323,7 @@ class Daemon:
             | ({"mqtt"} if config.mqtt.enabled and config.mqtt.staff_channel else set())
             | ({"sms"} if config.modem.enabled else set()),
         )
-        self.intake.set_case_hook(self.engine.on_event)
+        self.intake.set_case_hook(self.engine.on_event, self.engine.on_events)
         self.intake.add_listener(self.engine.events_committed)
         self.webhooks = WebhookChannel(self._webhook_endpoints(), self.clock)
         channels: dict[str, Channel] = {"webhook": self.webhooks}

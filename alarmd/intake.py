@@ -60,11 +60,8 @@ class Intake:
         """The routing engine's ``on_event``: runs in each new event's own transaction.
 
         ``batch_hook`` does the same for every new event of one writer batch at once
-        (``Engine.on_events``). If it is not given and ``hook`` is a bound method whose
-        object has an ``on_events``, that is taken.
+        (``Engine.on_events``); without it the events of a batch go one by one.
         """
-        if batch_hook is None:
-            batch_hook = getattr(getattr(hook, "__self__", None), "on_events", None)
         self._case_hook = hook
         self._batch_hook = batch_hook
 

@@ -139,7 +139,7 @@ async def main(cases: int, window: float) -> None:
         engine = TimedEngine(store, clock, router)
         engine.lateness = []
         intake = Intake(store, dedup_window=timedelta(hours=1), tenant_of=lambda p, s: "bench")
-        intake.set_case_hook(engine.on_event)
+        intake.set_case_hook(engine.on_event, engine.on_events)
         intake.add_listener(engine.events_committed)
 
         rss0 = rss_mib()

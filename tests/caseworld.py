@@ -140,7 +140,7 @@ class World:
         self.intake = Intake(
             store, dedup_window=timedelta(hours=24), tenant_of=lambda p, s: "eksempel-kommune"
         )
-        self.intake.set_case_hook(self.engine.on_event)
+        self.intake.set_case_hook(self.engine.on_event, self.engine.on_events)
         self.intake.add_listener(self.engine.events_committed)
         self.seq = 0
 
