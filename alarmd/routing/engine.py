@@ -480,6 +480,13 @@ class Engine:
             row = conn.execute(
                 "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL", (key,)
             ).fetchone()
+            if row is None and key != (legacy := f"{base}|{event.kind.value}"):
+                # a technical case opened before cases were keyed per device (upgrade)
+                row = conn.execute(
+                    "SELECT id FROM cases WHERE open_key = ? AND closed_at IS NULL"
+                    " AND protocol = ? AND source = ?",
+                    (legacy, event.protocol, event.source),
+                ).fetchone()
             if row is None:
                 return
             case_id = int(row[0])

@@ -406,3 +406,28 @@ async def test_a_batch_joining_open_cases_ends_as_one_event_at_a_time_would(
     ]
     for w in worlds:
         await w.store.close()
+
+
+async def test_a_restore_still_closes_a_technical_case_opened_before_per_device_keys(
+    world: World,
+) -> None:
+    """After an upgrade, an open link-lost case keyed the old way (per user and kind) is
+    still closed by its device's restore; another device's restore leaves it alone."""
+    await world.send(EventKind.LINK_LOST, source="1234")
+    await world.tick()
+    await world.store.writer.submit(
+        lambda conn: conn.execute("UPDATE cases SET open_key = 'user:1|link_lost' WHERE id = 1")
+    )
+    await world.store.writer.submit(
+        lambda conn: conn.execute(
+            "INSERT INTO devices (tenant, user_id, protocol, identity, updated_at)"
+            " VALUES ('eksempel-kommune', 1, 'dc09', '4321', ?)",
+            (NOW,),
+        )
+    )
+    await world.send(EventKind.LINK_LOST, source="4321", condition=Condition.RESTORE)
+    await world.tick()
+    assert world.case(1)["closed_at"] is None
+    await world.send(EventKind.LINK_LOST, source="1234", condition=Condition.RESTORE)
+    await world.tick()
+    assert world.case(1)["closed_at"] is not None
