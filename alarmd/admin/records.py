@@ -1409,55 +1409,63 @@ def erase_due(now: datetime) -> Job[list[int]]:
             " AND erase_after <= ? AND erased_at IS NULL",
             (iso(now),),
         ).fetchall()
-        for user_id, tenant, ref in rows:
-            conn.execute(
-                "UPDATE service_users SET ref = ?, first_name = '', last_name = '',"
-                " address = '', postcode = '', phone = '', user_group = NULL,"
-                " location = 'home', active = 0, erased_at = ?, updated_at = ? WHERE id = ?",
-                (f"erased-{user_id}", iso(now), iso(now), user_id),
-            )
-            conn.execute("DELETE FROM contacts WHERE user_id = ?", (user_id,))
-            conn.execute("DELETE FROM response_plans WHERE user_id = ?", (user_id,))
-            conn.execute("DELETE FROM response_plan_versions WHERE user_id = ?", (user_id,))
-            conn.execute("UPDATE devices SET user_id = NULL WHERE user_id = ?", (user_id,))
-            conn.execute(
-                "UPDATE decisions SET reference = '', note = '' WHERE user_id = ?", (user_id,)
-            )
-            conn.execute("UPDATE orders SET note = '', result = '' WHERE user_id = ?", (user_id,))
-            conn.execute("UPDATE faults SET description = ? WHERE user_id = ?", (ERASED, user_id))
-            conn.execute(
-                "UPDATE deviations SET description = ? WHERE user_id = ?", (ERASED, user_id)
-            )
-            conn.execute(
-                "UPDATE cases SET plan = NULL, close_note = CASE WHEN close_note IS NULL"
-                " THEN NULL ELSE ? END WHERE user_id = ?",
-                (ERASED, user_id),
-            )
-            conn.execute(
-                "UPDATE case_log SET message = ?, data = '{}' WHERE case_id IN"
-                " (SELECT id FROM cases WHERE user_id = ?)",
-                (ERASED, user_id),
-            )
-            # notifications carried the user's name and address, and next of kin's numbers
-            conn.execute(
-                "UPDATE outbox SET payload = '{}', last_error = NULL,"
-                " address = CASE WHEN person LIKE 'contact:%' THEN ? ELSE address END"
-                " WHERE case_id IN (SELECT id FROM cases WHERE user_id = ?)",
-                (ERASED, user_id),
-            )
-            conn.execute(
-                "UPDATE events SET text = NULL, attributes = '{}', raw = x'' WHERE case_id IN"
-                " (SELECT id FROM cases WHERE user_id = ?)",
-                (user_id,),
-            )
-            conn.execute(
-                "INSERT INTO audit (at, actor, role, action, subject, reason)"
-                " VALUES (?, 'alarmd', 'system', 'erase_user', ?, 'retention period over')",
-                (iso(now), _subject(tenant, ref)),
-            )
+        if not rows:
+            return []
+        # overwrite what is removed instead of leaving it in the pages' free space; the
+        # main file is rewritten at the next checkpoint
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            _erase(conn, rows, now)
+        finally:
+            conn.execute("PRAGMA secure_delete = OFF")
         return [int(r[0]) for r in rows]
 
     return job
+
+
+def _erase(conn: sqlite3.Connection, rows: Sequence[Any], now: datetime) -> None:
+    for user_id, tenant, ref in rows:
+        conn.execute(
+            "UPDATE service_users SET ref = ?, first_name = '', last_name = '',"
+            " address = '', postcode = '', phone = '', user_group = NULL,"
+            " location = 'home', active = 0, erased_at = ?, updated_at = ? WHERE id = ?",
+            (f"erased-{user_id}", iso(now), iso(now), user_id),
+        )
+        conn.execute("DELETE FROM contacts WHERE user_id = ?", (user_id,))
+        conn.execute("DELETE FROM response_plans WHERE user_id = ?", (user_id,))
+        conn.execute("DELETE FROM response_plan_versions WHERE user_id = ?", (user_id,))
+        conn.execute("UPDATE devices SET user_id = NULL WHERE user_id = ?", (user_id,))
+        conn.execute("UPDATE decisions SET reference = '', note = '' WHERE user_id = ?", (user_id,))
+        conn.execute("UPDATE orders SET note = '', result = '' WHERE user_id = ?", (user_id,))
+        conn.execute("UPDATE faults SET description = ? WHERE user_id = ?", (ERASED, user_id))
+        conn.execute("UPDATE deviations SET description = ? WHERE user_id = ?", (ERASED, user_id))
+        conn.execute(
+            "UPDATE cases SET plan = NULL, close_note = CASE WHEN close_note IS NULL"
+            " THEN NULL ELSE ? END WHERE user_id = ?",
+            (ERASED, user_id),
+        )
+        conn.execute(
+            "UPDATE case_log SET message = ?, data = '{}' WHERE case_id IN"
+            " (SELECT id FROM cases WHERE user_id = ?)",
+            (ERASED, user_id),
+        )
+        # notifications carried the user's name and address, and next of kin's numbers
+        conn.execute(
+            "UPDATE outbox SET payload = '{}', last_error = NULL,"
+            " address = CASE WHEN person LIKE 'contact:%' THEN ? ELSE address END"
+            " WHERE case_id IN (SELECT id FROM cases WHERE user_id = ?)",
+            (ERASED, user_id),
+        )
+        conn.execute(
+            "UPDATE events SET text = NULL, attributes = '{}', raw = x'' WHERE case_id IN"
+            " (SELECT id FROM cases WHERE user_id = ?)",
+            (user_id,),
+        )
+        conn.execute(
+            "INSERT INTO audit (at, actor, role, action, subject, reason)"
+            " VALUES (?, 'alarmd', 'system', 'erase_user', ?, 'retention period over')",
+            (iso(now), _subject(tenant, ref)),
+        )
 
 
 def next_erasure(conn: sqlite3.Connection) -> datetime | None:

@@ -624,6 +624,15 @@ async def test_the_need_ceases_and_personal_data_goes_while_the_statistics_stay(
         assert personal not in text, personal
     after = await admin.call("GET", "/stats")
     assert after == before
+    # not in the file's free space either, once the WAL is checkpointed into it
+    conn = sqlite3.connect(world.store.path)
+    try:
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        conn.close()
+    raw = world.store.path.read_bytes()
+    for personal in ("Astrid", "Testesen", "Eksempelveien", "hadde falt", "ventet lenge"):
+        assert personal.encode() not in raw, personal
     trail = (await env["auditor"].call("GET", f"/audit?user={TENANT}/u-1"))["audit"]
     assert trail[0]["action"] == "erase_user" and trail[0]["actor"] == "alarmd"
 
