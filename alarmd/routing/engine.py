@@ -165,6 +165,16 @@ def case_key(base: str, kind: EventKind, protocol: str, source: str) -> str:
     return f"{base}|{kind.value}"
 
 
+def _touch(conn: sqlite3.Connection, case_id: int, now: datetime, out: _JobOutcome) -> None:
+    """A case changed without a step of its own (a note, a dispatch): bump its version so
+    consoles reload it, and tell the listeners."""
+    conn.execute(
+        "UPDATE cases SET updated_at = ?, version = version + 1 WHERE id = ?",
+        (iso(now), case_id),
+    )
+    out.changed.append(case_id)
+
+
 class Engine:
     """Opens, routes and escalates cases; the only writer of cases, case log and outbox."""
 
@@ -941,11 +951,7 @@ class Engine:
                 message + (f". {note}" if note else ""),
                 {"to": to, "reached": reached},
             )
-            conn.execute(
-                "UPDATE cases SET updated_at = ?, version = version + 1 WHERE id = ?",
-                (iso(now), case_id),
-            )
-            out.changed.append(case_id)
+            _touch(conn, case_id, now, out)
             return out
 
         return await self._finish(job)
@@ -959,11 +965,7 @@ class Engine:
                 return out
             now = self._clock.now()
             case_store.append_log(conn, case_id, now, who, "note", text)
-            conn.execute(
-                "UPDATE cases SET updated_at = ?, version = version + 1 WHERE id = ?",
-                (iso(now), case_id),
-            )
-            out.changed.append(case_id)
+            _touch(conn, case_id, now, out)
             return out
 
         return await self._finish(job)
