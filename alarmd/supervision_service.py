@@ -69,6 +69,31 @@ def grace_for(interval: timedelta) -> timedelta:
     return max(timedelta(minutes=1), interval / 10)
 
 
+def _incident_event(
+    tenant: str,
+    area: str,
+    condition: Condition,
+    now: datetime,
+    dedup: str,
+    text: str,
+    attributes: dict[str, str] | None = None,
+) -> Event:
+    """An outage incident's own event (opened or over), from the area as its source."""
+    return Event(
+        protocol=INCIDENT,
+        source=f"incident:{tenant}:{area}",
+        kind=EventKind.LINK_LOST,
+        condition=condition,
+        priority=EventKind.LINK_LOST.default_priority,
+        received_at=now,
+        dedup_key=f"incident:{tenant}:{area}:{dedup}",
+        raw=b"",
+        code="OUTAGE",
+        text=text,
+        attributes=attributes or {},
+    )
+
+
 class SupervisionService:
     """Supervision of every registered device with an expected interval."""
 
@@ -445,19 +470,15 @@ class SupervisionService:
                     "outage_incident_opened", tenant=tenant, area=area, devices=len(action.devices)
                 )
                 work.events.append(
-                    Event(
-                        protocol=INCIDENT,
-                        source=f"incident:{tenant}:{area}",
-                        kind=EventKind.LINK_LOST,
-                        condition=Condition.ALARM,
-                        priority=EventKind.LINK_LOST.default_priority,
-                        received_at=now,
-                        dedup_key=f"incident:{tenant}:{area}:{iso(action.started_at)}",
-                        raw=b"",
-                        code="OUTAGE",
-                        text=f"{len(action.devices)} devices in area {area} silent or on"
+                    _incident_event(
+                        tenant,
+                        area,
+                        Condition.ALARM,
+                        now,
+                        iso(action.started_at),
+                        f"{len(action.devices)} devices in area {area} silent or on"
                         " battery at once",
-                        attributes={
+                        {
                             "devices": " ".join(f"{p}:{s}" for p, s in action.devices),
                             "batteries_from": iso(action.batteries_from),
                             "batteries_by": iso(action.batteries_by),
@@ -477,17 +498,13 @@ class SupervisionService:
                     still_silent=len(action.still_affected),
                 )
                 work.events.append(
-                    Event(
-                        protocol=INCIDENT,
-                        source=f"incident:{tenant}:{area}",
-                        kind=EventKind.LINK_LOST,
-                        condition=Condition.RESTORE,
-                        priority=EventKind.LINK_LOST.default_priority,
-                        received_at=now,
-                        dedup_key=f"incident:{tenant}:{area}:{iso(now)}:restore",
-                        raw=b"",
-                        code="OUTAGE",
-                        text=f"outage over; {len(action.still_affected)} devices still"
+                    _incident_event(
+                        tenant,
+                        area,
+                        Condition.RESTORE,
+                        now,
+                        f"{iso(now)}:restore",
+                        f"outage over; {len(action.still_affected)} devices still"
                         " silent or on battery",
                     )
                 )
