@@ -3,9 +3,10 @@
 ``submit(events)`` returns a ``Receipt`` only once the events are committed: that
 return is the transport's permission to acknowledge (DESIGN.md invariant 1). A
 retransmission (same ``dedup_key`` within the window) is recognised inside the same
-transaction, counted on the stored row, and acknowledged like the first copy without a
-second row (invariant 2). If the store cannot commit, ``submit`` raises ``StoreError``
-and the transport must not acknowledge.
+transaction (by the store's in-memory window, ``store/recent.py``), counted on the stored
+row, and acknowledged like the first copy without a second row (invariant 2). If the
+store cannot commit, ``submit`` raises ``StoreError`` and the transport must not
+acknowledge.
 
 Listeners (the routing engine, supervision: later issues) are told about committed,
 non-duplicate events after the commit.
@@ -91,7 +92,9 @@ class Intake:
         batch = self._open
         if batch is None or len(batch.job) >= _MAX_SUBMISSIONS:
             batch = self._open = _Batch(
-                AppendBatch(self._window, self._case_hook, self._batch_hook)
+                AppendBatch(
+                    self._store.recent_keys, self._window, self._case_hook, self._batch_hook
+                )
             )
             committed = self._store.writer.enqueue(partial(self._run, batch))
             committed.add_done_callback(partial(self._committed, batch))

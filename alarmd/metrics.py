@@ -33,6 +33,11 @@ STORE_BATCH_JOBS = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
     registry=REGISTRY,
 )
+STORE_DEDUP_KEYS = Gauge(
+    "alarmd_store_dedup_keys",
+    "De-duplication keys held in memory: the events stored within the de-dup window.",
+    registry=REGISTRY,
+)
 STORE_COMMIT_FAILURES = Counter(
     "alarmd_store_commit_failures_total",
     "Transactions that failed to commit; nothing in them was acknowledged.",

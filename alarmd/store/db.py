@@ -48,6 +48,7 @@ import aiosqlite
 import structlog
 
 from alarmd import metrics
+from alarmd.store.recent import RecentKeys
 
 log = structlog.get_logger(__name__)
 
@@ -331,6 +332,8 @@ class Store:
         self.path = path
         self.writer = writer
         self._reader = reader
+        # intake's de-duplication window, one per database (see store/recent.py)
+        self.recent_keys = RecentKeys()
 
     @classmethod
     async def open(cls, path: Path) -> Store:

@@ -1,10 +1,11 @@
 """The events table: appending (with retransmission de-duplication) and reading.
 
-``append_job`` builds a writer job for one submission; ``AppendBatch`` is one writer job
-for every submission intake gathered while the writer was busy (one multi-row insert per
-chunk instead of one statement per event). Both run inside the group transaction, so the
-de-duplication check sees every earlier event, in the same batch included, and two
-copies of one frame arriving on two connections at the same moment still give one row.
+``AppendBatch`` is one writer job for every submission intake gathered while the writer was
+busy (a few multi-row inserts instead of one statement per event). It runs inside the group
+transaction and judges copies with the store's in-memory window (``store/recent.py``), which
+every inserted row enters before its commit: the check sees every earlier event, of the same
+batch included, and two copies of one frame arriving on two connections at the same moment
+still give one row.
 """
 
 from __future__ import annotations
@@ -21,17 +22,8 @@ import aiosqlite
 
 from alarmd.model import Event, Receipt
 from alarmd.store.db import iso, parse_iso
+from alarmd.store.recent import KEY, RecentKeys
 
-# One statement per new event: insert unless a copy is stored within the window. Only a
-# retransmission (rare) costs a second query, to find the row it repeats. Its parameters
-# are a Row (17 values and the horizon) and then the dedup_key again.
-_INSERT_UNLESS_COPY = (
-    "INSERT INTO events (received_at, protocol, source, tenant, kind, category, condition,"
-    " priority, code, zone, partition, occurred_at, text, flags, attributes, dedup_key, raw)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17"
-    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE dedup_key = ?16 AND received_at >= ?18)"
-)
-_FIND_COPY = "SELECT min(id) FROM events WHERE dedup_key = ? AND received_at >= ?"
 _COUNT_COPY = "UPDATE events SET retransmissions = retransmissions + 1 WHERE id = ?"
 
 
@@ -41,9 +33,19 @@ BatchCaseHook = Callable[[sqlite3.Connection, Sequence[tuple[Event, int, "str | 
 
 Row = tuple[Any, ...]  # an events row's values in _COLUMN_NAMES order, then the horizon
 
+_COLUMN_NAMES = (
+    "received_at, protocol, source, tenant, kind, category, condition, priority, code, zone,"
+    " partition, occurred_at, text, flags, attributes, dedup_key, raw"
+)
+_KEY = KEY  # dedup_key's place in a Row
+_HORIZON = 17  # the oldest received_at a copy may have: received_at - window
+# Statements of these many rows only, so a handful of texts stay in the statement cache
+# (a batch of 100 runs as 64 + 16 + 16 + 4) and the variables stay far below SQLite's limit.
+_CHUNKS = (256, 64, 16, 4, 1)
+
 
 def event_row(event: Event, tenant: str | None, received: str, horizon: str) -> Row:
-    """The values ``_INSERT_UNLESS_COPY`` and ``_insert_many_sql`` take for one event."""
+    """One event's column values in ``_COLUMN_NAMES`` order, then its window's horizon."""
     return (
         received,
         event.protocol,
@@ -68,97 +70,88 @@ def event_row(event: Event, tenant: str | None, received: str, horizon: str) -> 
     )
 
 
-def append_job(
-    events: Sequence[Event],
-    tenants: Sequence[str | None],
-    dedup_window: timedelta,
-    on_new: CaseHook | None = None,
-) -> Callable[[sqlite3.Connection], Receipt]:
-    """A writer job that stores ``events`` unless a copy is already stored within the window.
-
-    ``on_new(conn, event, event_id, tenant)`` runs for each new (not retransmitted) event in
-    the same transaction: the routing engine opens the event's case there, so an
-    acknowledged alarm can never be without its case.
-    """
-    rows = [
-        event_row(event, tenant, iso(event.received_at), iso(event.received_at - dedup_window))
-        for event, tenant in zip(events, tenants, strict=True)
-    ]
-
-    def job(conn: sqlite3.Connection) -> Receipt:
-        return _append_one_by_one(conn, events, tenants, rows, on_new)
-
-    return job
+@functools.cache
+def _insert_many_sql(rows: int) -> str:
+    """Insert ``rows`` events with the ids the job gave them."""
+    one = "(" + ",".join("?" * 18) + ")"
+    return f"INSERT INTO events (id, {_COLUMN_NAMES}) VALUES {','.join([one] * rows)}"  # noqa: S608
 
 
-def _append_one_by_one(
+def store_rows(
     conn: sqlite3.Connection,
+    recent: RecentKeys,
+    window: timedelta,
     events: Sequence[Event],
     tenants: Sequence[str | None],
     rows: Sequence[Row],
-    on_new: CaseHook | None,
-) -> Receipt:
-    """One statement per event: the general path, and the fallback of ``AppendBatch``."""
+    on_new: CaseHook | None = None,
+    on_new_batch: BatchCaseHook | None = None,
+) -> tuple[list[int], list[bool]]:
+    """Store ``rows`` (of ``events``), each unless a copy is stored within its window.
+
+    Returns each event's row id and whether it was a copy. A copy gets no row: its original's
+    ``retransmissions`` is counted instead. Rows are judged in order against every row stored
+    before and every earlier row of this call, each with its own window, so two copies of one
+    frame in one call (it came in on two connections at once) give one row.
+
+    Ids are given here (the writer is the only one inserting: max(id) + 1 on, as SQLite
+    would), which lets a row be judged against the earlier rows of the same call before any
+    is inserted, and all be inserted by a few multi-row statements.
+
+    ``on_new`` runs for each new event in order after the inserts, or ``on_new_batch`` once
+    with all of them (``Engine.on_events``), in the same transaction.
+    """
+    if not recent.loaded:
+        recent.load(conn, max(row[0] for row in rows), window)
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+    pending: dict[int, Row] = {}  # ids given to rows not inserted yet
     ids: list[int] = []
     duplicate: list[bool] = []
+    copies: list[tuple[int]] = []
+    fresh: list[tuple[Event, int, str | None]] = []
+    find, add = recent.find, recent.add
     for index, row in enumerate(rows):
-        cursor = conn.execute(_INSERT_UNLESS_COPY, row)
-        if cursor.rowcount == 1:
-            assert cursor.lastrowid is not None
-            ids.append(cursor.lastrowid)
-            duplicate.append(False)
-            if on_new is not None:
-                on_new(conn, events[index], cursor.lastrowid, tenants[index])
+        key = row[_KEY]
+        original = find(conn, key, row[_HORIZON], pending)
+        if original is not None:
+            ids.append(original)
+            duplicate.append(True)
+            copies.append((original,))
             continue
-        original = conn.execute(_FIND_COPY, (row[_KEY], row[_HORIZON])).fetchone()[0]
-        conn.execute(_COUNT_COPY, (original,))
-        ids.append(int(original))
-        duplicate.append(True)
-    return Receipt(tuple(ids), tuple(duplicate))
-
-
-# --- many submissions in one job -----------------------------------------------------------
-
-_COLUMN_NAMES = (
-    "received_at, protocol, source, tenant, kind, category, condition, priority, code, zone,"
-    " partition, occurred_at, text, flags, attributes, dedup_key, raw"
-)
-_KEY = 15  # dedup_key's place in a Row
-_HORIZON = 17
-# Statements of these many rows only, so a handful of texts stay in the statement cache
-# (a batch of 100 runs as 64 + 16 + 16 + 4) and the variables stay far below SQLite's limit.
-_CHUNKS = (256, 64, 16, 4, 1)
-
-
-@functools.cache
-def _insert_many_sql(rows: int) -> str:
-    """Insert ``rows`` events, each unless a copy is stored within its window; RETURNING the
-    new rows' dedup_key and id. SQLite reads the whole VALUES list before inserting (the
-    SELECT reads the target table), so copies *within* the list are not seen here: the
-    caller drops them first."""
-    one = "(" + ",".join("?" * 18) + ")"
-    return (
-        f"WITH v({_COLUMN_NAMES}, horizon) AS (VALUES {','.join([one] * rows)})"  # noqa: S608
-        f" INSERT INTO events ({_COLUMN_NAMES}) SELECT {_COLUMN_NAMES} FROM v"
-        " WHERE NOT EXISTS (SELECT 1 FROM events AS e"
-        " WHERE e.dedup_key = v.dedup_key AND e.received_at >= v.horizon)"
-        " RETURNING dedup_key, id"
-    )
+        event_id = next_id
+        next_id += 1
+        pending[event_id] = row
+        add(key, event_id, row[0])
+        ids.append(event_id)
+        duplicate.append(False)
+        fresh.append((events[index], event_id, tenants[index]))
+    if pending:
+        new = [(event_id, *row[:_HORIZON]) for event_id, row in pending.items()]
+        start = 0
+        while start < len(new):
+            size = next(n for n in _CHUNKS if n <= len(new) - start)
+            params = [value for row in new[start : start + size] for value in row]
+            conn.execute(_insert_many_sql(size), params)
+            start += size
+    if copies:
+        conn.executemany(_COUNT_COPY, copies)
+    if fresh:
+        if on_new_batch is not None:
+            on_new_batch(conn, fresh)
+        elif on_new is not None:
+            for event, event_id, tenant in fresh:
+                on_new(conn, event, event_id, tenant)
+    recent.prune(rows[-1][0], window)
+    return ids, duplicate
 
 
 class AppendBatch:
     """Submissions gathered while the writer was busy, stored by one writer job.
 
     Calling it (the writer does, inside the group transaction) stores every event of every
-    submission with one multi-row ``INSERT … RETURNING`` per chunk instead of one statement
-    per event, then runs the case hook for each new event in submission order, and returns
-    one ``Receipt`` per submission, or the exception that submission alone failed with.
-
-    De-duplication is the same as ``append_job``'s: a copy of a row stored within the window
-    is not inserted; its original is found and its retransmissions counted. Copies inside
-    the batch (one frame arriving on two connections at once) are found here, before the
-    insert: the first goes into the multi-row insert, the later ones through the per-event
-    statement after it, in order, so they count as its retransmissions.
+    submission at once (``store_rows``: de-duplicated, a few multi-row inserts, the case
+    hook), and returns one ``Receipt`` per submission, or the exception that submission
+    alone failed with.
 
     If anything fails on a submission's own account (not the database's), the batch is
     undone and run again one submission at a time, each under its own savepoint, so the
@@ -171,6 +164,7 @@ class AppendBatch:
         "_iso",
         "_on_new",
         "_on_new_batch",
+        "_recent",
         "_rows",
         "_sizes",
         "_tenants",
@@ -179,6 +173,7 @@ class AppendBatch:
 
     def __init__(
         self,
+        recent: RecentKeys,
         dedup_window: timedelta,
         on_new: CaseHook | None = None,
         on_new_batch: BatchCaseHook | None = None,
@@ -187,6 +182,7 @@ class AppendBatch:
         with every new event, in order, after the batch's rows are stored (it must behave as
         ``on_new`` called for each, and fail no event but its own). The one-by-one fallback
         still calls ``on_new`` per event."""
+        self._recent = recent
         self._window = dedup_window
         self._on_new = on_new
         self._on_new_batch = on_new_batch if on_new is not None else None
@@ -218,7 +214,16 @@ class AppendBatch:
     def __call__(self, conn: sqlite3.Connection) -> list[Receipt | Exception]:
         conn.execute("SAVEPOINT append_batch")
         try:
-            ids, duplicate = self._store(conn)
+            ids, duplicate = store_rows(
+                conn,
+                self._recent,
+                self._window,
+                self._events,
+                self._tenants,
+                self._rows,
+                self._on_new if self._on_new_batch is None else None,
+                self._on_new_batch,
+            )
         except sqlite3.OperationalError:
             raise  # disk full, I/O error: the whole transaction fails
         except Exception:
@@ -234,56 +239,6 @@ class AppendBatch:
             start = stop
         return results
 
-    def _store(self, conn: sqlite3.Connection) -> tuple[list[int], list[bool]]:
-        rows = self._rows
-        first: dict[str, int] = {}  # dedup_key -> index of its first row in the batch
-        unique: list[Row] = []
-        for index, row in enumerate(rows):
-            if row[_KEY] not in first:
-                first[row[_KEY]] = index
-                unique.append(row)
-        new: dict[str, int] = {}  # dedup_key -> id of the row inserted now
-        start = 0
-        while start < len(unique):
-            left = len(unique) - start
-            size = next(n for n in _CHUNKS if n <= left)
-            params = [value for row in unique[start : start + size] for value in row]
-            new.update(conn.execute(_insert_many_sql(size), params).fetchall())
-            start += size
-        ids: list[int] = []
-        duplicate: list[bool] = []
-        events, tenants = self._events, self._tenants
-        on_new_batch = self._on_new_batch
-        on_new = self._on_new if on_new_batch is None else None
-        fresh: list[tuple[Event, int, str | None]] = []
-        for index, row in enumerate(rows):
-            key = row[_KEY]
-            if first[key] == index:
-                event_id = new.get(key)
-            else:
-                # A later copy of a key this batch already holds (rare): the per-event
-                # statement, which sees the rows inserted above with their own times, so
-                # the window is judged exactly as for separate jobs.
-                cursor = conn.execute(_INSERT_UNLESS_COPY, row)
-                event_id = cursor.lastrowid if cursor.rowcount == 1 else None
-            if event_id is not None:
-                ids.append(event_id)
-                duplicate.append(False)
-                if on_new is not None:
-                    on_new(conn, events[index], event_id, tenants[index])
-                elif on_new_batch is not None:
-                    fresh.append((events[index], event_id, tenants[index]))
-                continue
-            original = int(conn.execute(_FIND_COPY, (key, row[_HORIZON])).fetchone()[0])
-            conn.execute(_COUNT_COPY, (original,))
-            ids.append(original)
-            duplicate.append(True)
-        if fresh and on_new_batch is not None:
-            # After the later copies' statements, not between them: the hook touches cases
-            # and the events' case_id only, which de-duplication never reads.
-            on_new_batch(conn, fresh)
-        return ids, duplicate
-
     def _one_by_one(self, conn: sqlite3.Connection) -> list[Receipt | Exception]:
         results: list[Receipt | Exception] = []
         start = 0
@@ -291,8 +246,10 @@ class AppendBatch:
             stop = start + size
             conn.execute("SAVEPOINT append_one")
             try:
-                receipt = _append_one_by_one(
+                ids, duplicate = store_rows(
                     conn,
+                    self._recent,
+                    self._window,
                     self._events[start:stop],
                     self._tenants[start:stop],
                     self._rows[start:stop],
@@ -306,7 +263,7 @@ class AppendBatch:
                 results.append(exc)
             else:
                 conn.execute("RELEASE append_one")
-                results.append(receipt)
+                results.append(Receipt(tuple(ids), tuple(duplicate)))
             start = stop
         return results
 

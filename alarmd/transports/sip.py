@@ -165,10 +165,13 @@ def store_case_state(store: Store) -> CaseState:
     it on the event loop for every HOLD-policy alarm and re-send."""
 
     def case_state(cid: str, ref: str) -> str | None:
+        # through events_source (protocol, source): the controller's own events, newest
+        # first; dedup_key has no index of its own (store/recent.py)
         rows = store.writer.read_now(
             "SELECT c.state FROM events e JOIN cases c ON c.id = e.case_id"
-            " WHERE e.dedup_key = ? ORDER BY e.id DESC LIMIT 1",
-            (f"{scaip.PROTOCOL}:{cid}:{ref}",),
+            " WHERE e.protocol = ? AND e.source = ? AND e.dedup_key = ?"
+            " ORDER BY e.received_at DESC LIMIT 1",
+            (scaip.PROTOCOL, cid, f"{scaip.PROTOCOL}:{cid}:{ref}"),
         )
         return str(rows[0][0]) if rows else None
 

@@ -66,7 +66,7 @@ async def test_pragmas_and_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "a.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [1, 2, 3, 4, 5, 6]
     assert migrate(conn) == []  # applying again does nothing
     # the writer's own connection runs synchronous=FULL (2); checked on a fresh one too
     conn2 = sqlite3.connect(tmp_path / "a.sqlite")
