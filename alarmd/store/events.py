@@ -31,21 +31,20 @@ CaseHook = Callable[[sqlite3.Connection, Event, int, "str | None"], None]
 # The case hook for every new event of one batch at once, in order: (event, event_id, tenant).
 BatchCaseHook = Callable[[sqlite3.Connection, Sequence[tuple[Event, int, "str | None"]]], None]
 
-Row = tuple[Any, ...]  # an events row's values in _COLUMN_NAMES order, then the horizon
+Row = tuple[Any, ...]  # an events row's values in _COLUMN_NAMES order
 
 _COLUMN_NAMES = (
     "received_at, protocol, source, tenant, kind, category, condition, priority, code, zone,"
     " partition, occurred_at, text, flags, attributes, dedup_key, raw"
 )
 _KEY = KEY  # dedup_key's place in a Row
-_HORIZON = 17  # the oldest received_at a copy may have: received_at - window
 # Statements of these many rows only, so a handful of texts stay in the statement cache
 # (a batch of 100 runs as 64 + 16 + 16 + 4) and the variables stay far below SQLite's limit.
 _CHUNKS = (256, 64, 16, 4, 1)
 
 
-def event_row(event: Event, tenant: str | None, received: str, horizon: str) -> Row:
-    """One event's column values in ``_COLUMN_NAMES`` order, then its window's horizon."""
+def event_row(event: Event, tenant: str | None, received: str) -> Row:
+    """One event's column values in ``_COLUMN_NAMES`` order."""
     return (
         received,
         event.protocol,
@@ -66,7 +65,6 @@ def event_row(event: Event, tenant: str | None, received: str, horizon: str) -> 
         else "{}",
         event.dedup_key,
         event.raw,
-        horizon,
     )
 
 
@@ -112,7 +110,7 @@ def store_rows(
     find, add = recent.find, recent.add
     for index, row in enumerate(rows):
         key = row[_KEY]
-        original = find(conn, key, row[_HORIZON], pending)
+        original = find(conn, key, row[0], window, pending)
         if original is not None:
             ids.append(original)
             duplicate.append(True)
@@ -126,7 +124,7 @@ def store_rows(
         duplicate.append(False)
         fresh.append((events[index], event_id, tenants[index]))
     if pending:
-        new = [(event_id, *row[:_HORIZON]) for event_id, row in pending.items()]
+        new = [(event_id, *row) for event_id, row in pending.items()]
         start = 0
         while start < len(new):
             size = next(n for n in _CHUNKS if n <= len(new) - start)
@@ -190,7 +188,7 @@ class AppendBatch:
         self._tenants: list[str | None] = []
         self._rows: list[Row] = []
         self._sizes: list[int] = []
-        self._iso: dict[datetime, tuple[str, str]] = {}
+        self._iso: dict[datetime, str] = {}
 
     def __len__(self) -> int:
         """How many submissions the batch holds."""
@@ -199,14 +197,13 @@ class AppendBatch:
     def add(self, events: Sequence[Event], tenants: Sequence[str | None]) -> None:
         """Add one submission (its events and their tenants); its result keeps this place."""
         stamps = self._iso
-        window = self._window
         rows = self._rows
         for event, tenant in zip(events, tenants, strict=True):
             at = event.received_at
             stamp = stamps.get(at)
             if stamp is None:
-                stamp = stamps[at] = (iso(at), iso(at - window))
-            rows.append(event_row(event, tenant, stamp[0], stamp[1]))
+                stamp = stamps[at] = iso(at)
+            rows.append(event_row(event, tenant, stamp))
         self._events.extend(events)
         self._tenants.extend(tenants)
         self._sizes.append(len(events))

@@ -111,13 +111,12 @@ def test_old_entries_are_forgotten_and_the_gauge_says_how_many_are_kept() -> Non
     assert 11 <= len(recent) <= 13
     assert metrics.STORE_DEDUP_KEYS._value.get() == len(recent)
     newest = iso(T0 + timedelta(minutes=29))
-    horizon = iso(T0 + timedelta(minutes=19))
-    assert recent.find(conn, "k29", horizon, {}) == 30
-    assert recent.find(conn, "k20", horizon, {}) == 21
-    assert recent.find(conn, "k18", horizon, {}) is None  # kept, but older than the horizon
-    assert recent.find(conn, "k3", horizon, {}) is None  # forgotten
+    assert recent.find(conn, "k29", newest, window, {}) == 30
+    assert recent.find(conn, "k19", newest, window, {}) == 20  # just inside: 10 min ago
+    assert recent.find(conn, "k18", newest, window, {}) is None  # kept, but too old
+    assert recent.find(conn, "k3", newest, window, {}) is None  # forgotten
     recent.prune(newest, window)
-    assert recent.find(conn, "k29", horizon, {}) == 30
+    assert recent.find(conn, "k29", newest, window, {}) == 30
 
 
 def test_a_key_stored_again_after_its_window_is_kept_for_its_new_row() -> None:
@@ -131,15 +130,16 @@ def test_a_key_stored_again_after_its_window_is_kept_for_its_new_row() -> None:
     conn.execute("INSERT INTO events VALUES (2, 'k', ?)", (new,))
     recent.add("k", 2, new)
     recent.prune(iso(T0 + timedelta(minutes=24)), window)  # the old minute is out
-    assert recent.find(conn, "k", iso(T0 + timedelta(minutes=14)), {}) == 2
+    assert recent.find(conn, "k", iso(T0 + timedelta(minutes=24)), window, {}) == 2
 
 
 def test_a_hit_on_a_row_of_the_same_job_not_inserted_yet_is_checked_like_a_stored_one() -> None:
     conn = _mini_db()
     recent = RecentKeys()
     at = iso(T0)
-    row = (at, *([None] * 14), "k", b"raw", iso(T0 - timedelta(hours=1)))
+    row = (at, *([None] * 14), "k", b"raw")
     recent.add("k", 7, at)
-    assert recent.find(conn, "k", iso(T0 - timedelta(hours=1)), {7: row}) == 7
-    assert recent.find(conn, "k", iso(T0 + timedelta(seconds=1)), {7: row}) is None
-    assert recent.find(conn, "k", iso(T0), {}) is None  # id 7 is not in the table
+    hour = timedelta(hours=1)
+    assert recent.find(conn, "k", iso(T0 + hour), hour, {7: row}) == 7
+    assert recent.find(conn, "k", iso(T0 + hour + timedelta(seconds=1)), hour, {7: row}) is None
+    assert recent.find(conn, "k", iso(T0), hour, {}) is None  # id 7 is not in the table
