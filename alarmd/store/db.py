@@ -18,10 +18,13 @@ one fsync serves hundreds of events: group commit.
 The commit runs on the event loop's own thread, fsync included, as Redis does with
 ``appendfsync always``. We measured the alternative, a writer thread: with the GIL, every
 hand-over to the thread and back waited behind the busy loop, and throughput was 35 % lower
-than committing inline (bench/dc09_ingest.py). Every acknowledgement waits for the fsync
-anyway; what the loop's other work (API, metrics) loses is at most one commit's time. A
-disk that stalls stalls the loop, and the watchdog pings stop with it, so systemd restarts
-a daemon whose disk has hung rather than leave devices unanswered without a trace.
+than committing inline (bench/dc09_ingest.py). Handing only the ``COMMIT`` to a thread (its
+WAL writes and fsync run without the GIL) did no better: 4,480 events/s against 5,940 inline
+at 100 connections, 5,540 with a 0.5 ms GIL switch interval (bench/RESULTS.md). Every
+acknowledgement waits for the fsync anyway; what the loop's other work (API, metrics) loses
+is at most one commit's time. A disk that stalls stalls the loop, and the watchdog pings
+stop with it, so systemd restarts a daemon whose disk has hung rather than leave devices
+unanswered without a trace.
 
 A job that raises fails alone (the batch is re-run with a savepoint per job); a failed
 COMMIT (disk full, read-only, I/O error) fails every job of the batch, and nobody is told
@@ -83,12 +86,14 @@ def parse_iso(text: str) -> datetime:
 
 
 # Checkpoint the WAL into the database every 10,000 pages (40 MB at 4 KB pages) rather than
-# SQLite's 1,000. Each event dirties a leaf page in two indexes keyed by account (events_dedup,
-# events_source), and a group commit writes every dirty page whole; consecutive commits
-# dirty mostly the same leaves, so a longer WAL copies each of them to the database once
-# per checkpoint instead of once every few commits. Measured on the events table at 100-150k
-# rows, 100 events per commit: 45 -> 30-36 us of CPU and 61-100 -> 37-43 us of wall time per
-# event; 5,000 and 20,000 were no better. Recovery after a crash reads at most this WAL.
+# SQLite's 1,000. Each event dirties a leaf page in the index keyed by account (events_source;
+# events_dedup, the other one, is gone: store/recent.py), and a group commit writes every dirty
+# page whole; consecutive commits dirty mostly the same leaves, so a longer WAL copies each
+# of them to the database once per checkpoint instead of once every few commits. Measured on
+# the events table at 100-150k rows, 100 events per commit: 45 -> 30-36 us of CPU and 61-100
+# -> 37-43 us of wall time per event; 5,000 and 20,000 were no better; none (the WAL left to
+# grow) was worse, 36 -> 48 us (its index grows with it). Recovery after a crash reads at
+# most this WAL.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
