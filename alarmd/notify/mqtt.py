@@ -65,6 +65,7 @@ from alarmd.transports.mqtt import (
     BrokerSettings,
     ack,
     broker_client,
+    reraise_if_cancelled,
 )
 
 __all__ = ["ACTIONS", "CaseActions", "StaffMqtt", "StaffMqttSettings", "parse_action"]
@@ -223,9 +224,11 @@ class StaffMqtt:
             try:
                 await self._session(backoff)
             except (aiomqtt.MqttError, _StoreFailed, OSError) as exc:
+                reraise_if_cancelled(exc)
                 MQTT_RECONNECTS.labels("staff").inc()
                 log.warning("mqtt_staff_disconnected", error=str(exc))
-            except Exception:  # a bug must not stop the consumer for good: reconnect
+            except Exception as exc:  # a bug must not stop the consumer for good: reconnect
+                reraise_if_cancelled(exc)
                 MQTT_RECONNECTS.labels("staff").inc()
                 log.exception("mqtt_staff_failed")
             finally:

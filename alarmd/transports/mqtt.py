@@ -207,6 +207,19 @@ class Backoff:
         return delay
 
 
+def reraise_if_cancelled(exc: BaseException) -> None:
+    """Raise ``CancelledError`` if the running task is being cancelled.
+
+    A cancel that lands while aiomqtt disconnects can come out of ``async with client`` as an
+    ``MqttError`` ("Disconnected during message iteration"): a reconnect loop that catches it
+    would swallow the cancel and reconnect forever, and shutdown (or a test's teardown) would
+    hang. Both reconnect loops call this first in their ``except``.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 # --- ingest --------------------------------------------------------------------------------
 
 
@@ -284,6 +297,7 @@ class MqttIngest:
             try:
                 await self._session(backoff)
             except (aiomqtt.MqttError, _ConnectionLost, OSError) as exc:
+                reraise_if_cancelled(exc)
                 MQTT_RECONNECTS.labels("ingest").inc()
                 log.warning(
                     "mqtt_ingest_disconnected",
@@ -291,7 +305,8 @@ class MqttIngest:
                     host=self.settings.broker.host,
                     port=self.settings.broker.port,
                 )
-            except Exception:  # a bug must not stop the consumer for good: reconnect
+            except Exception as exc:  # a bug must not stop the consumer for good: reconnect
+                reraise_if_cancelled(exc)
                 MQTT_RECONNECTS.labels("ingest").inc()
                 log.exception("mqtt_ingest_failed")
             finally:
