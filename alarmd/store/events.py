@@ -37,7 +37,6 @@ _COLUMN_NAMES = (
     "received_at, protocol, source, tenant, kind, category, condition, priority, code, zone,"
     " partition, occurred_at, text, flags, attributes, dedup_key, raw"
 )
-_KEY = KEY  # dedup_key's place in a Row
 # Statements of these many rows only, so a handful of texts stay in the statement cache
 # (a batch of 100 runs as 64 + 16 + 16 + 4) and the variables stay far below SQLite's limit.
 _CHUNKS = (256, 64, 16, 4, 1)
@@ -109,7 +108,7 @@ def store_rows(
     fresh: list[tuple[Event, int, str | None]] = []
     find, add = recent.find, recent.add
     for index, row in enumerate(rows):
-        key = row[_KEY]
+        key = row[KEY]  # dedup_key
         original = find(conn, key, row[0], window, pending)
         if original is not None:
             ids.append(original)
